@@ -1,0 +1,1 @@
+"""The modeltel collector: an OTLP receiver that turns ``ml.*`` events into model metrics."""
