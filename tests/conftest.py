@@ -52,12 +52,12 @@ def telemetry_env(endpoint: str, protocol: str = "grpc", **extra: str) -> dict[s
 class AppProcess:
     """``uvicorn`` serving an app factory in a child process, as in production."""
 
-    def __init__(self, target: str, env: dict[str, str]) -> None:
+    def __init__(self, target: str, env: dict[str, str], python: str = sys.executable) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
             [
-                sys.executable,
+                python,
                 "-m",
                 "uvicorn",
                 target,
@@ -99,9 +99,11 @@ def start_app() -> Iterator[Callable[..., AppProcess]]:
     started: list[AppProcess] = []
 
     def start(
-        env: dict[str, str], target: str = "tests.sdk.app_under_test:create_app"
+        env: dict[str, str],
+        target: str = "tests.sdk.app_under_test:create_app",
+        python: str = sys.executable,
     ) -> AppProcess:
-        app = AppProcess(target, env)
+        app = AppProcess(target, env, python)
         started.append(app)
         return app
 
