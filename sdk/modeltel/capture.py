@@ -124,10 +124,11 @@ def extract_predictions(request: Any, response: Any, settings: CaptureSettings) 
         )
     if len(response) != len(instances):
         raise CaptureError(
-            f"the request has {len(instances)} instances but the response {len(response)} predictions"
+            f"the request has {len(instances)} instances "
+            f"but the response {len(response)} predictions"
         )
     predictions = []
-    for instance, output in zip(instances, response):
+    for instance, output in zip(instances, response, strict=True):
         if not isinstance(instance, Mapping):
             raise CaptureError(
                 f"a batch instance is a JSON {type(instance).__name__}, not an object"
@@ -218,7 +219,7 @@ class PredictionRecorder:
         span_context: SpanContext | None,
     ) -> None:
         settings = self._settings
-        for prediction, prediction_id in zip(predictions, prediction_ids):
+        for prediction, prediction_id in zip(predictions, prediction_ids, strict=True):
             features = self._flattener.flatten(prediction.features)
             value = (
                 None

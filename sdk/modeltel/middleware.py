@@ -147,7 +147,7 @@ class PredictionCaptureMiddleware:
             current_request.reset(token)
         if state.logged or not 200 <= status < 300:
             return  # the handler logged its predictions itself, or there was no prediction
-        route = getattr(scope.get("route"), "path", scope["path"])
+        route = str(getattr(scope.get("route"), "path", scope["path"]))
         capture.record_exchange(Exchange(route, request_body, response_body, encoding, state))
 
     def _flush_before_shutdown_completes(self, send: Send) -> Send:

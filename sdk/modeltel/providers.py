@@ -54,7 +54,7 @@ def is_unconfigured(provider: object) -> bool:
 
 
 def otlp_protocol(signal: Signal, override: str | None = None) -> Protocol:
-    """The OTLP protocol for a signal: the option, else the signal's variable, else the general one."""
+    """The OTLP protocol of a signal: the option, else the signal's variable, else the general one."""
     source = "protocol="
     value = override
     if value is None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from modeltel.capture import (
     CaptureError,
     CaptureSettings,
@@ -16,7 +15,9 @@ DEFAULT = CaptureSettings()
 
 
 def test_single_object():
-    assert extract_predictions({"x": 1}, {"prediction": 2.0}, DEFAULT) == [Prediction({"x": 1}, 2.0)]
+    assert extract_predictions({"x": 1}, {"prediction": 2.0}, DEFAULT) == [
+        Prediction({"x": 1}, 2.0)
+    ]
 
 
 @pytest.mark.parametrize(
@@ -80,7 +81,9 @@ def test_include_exclude_hash_and_truncate():
 
 
 def test_max_features():
-    flat = FeatureFlattener(CaptureSettings(max_features=3)).flatten({f"f{i}": i for i in range(10)})
+    flat = FeatureFlattener(CaptureSettings(max_features=3)).flatten(
+        {f"f{i}": i for i in range(10)}
+    )
     assert len(flat) == 3
 
 

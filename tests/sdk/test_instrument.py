@@ -1,4 +1,4 @@
-"""``modeltel.instrument(app)`` end to end: a real app process, real OTLP exporters, a real receiver."""
+"""``modeltel.instrument(app)`` end to end: a real app process, OTLP exporters and receiver."""
 
 from __future__ import annotations
 

@@ -14,8 +14,8 @@ import venv
 from pathlib import Path
 
 import pytest
-
 from modeltel import semconv
+
 from tests.conftest import ROOT, telemetry_env
 from tests.otlp_sink import wait_until
 
@@ -30,30 +30,51 @@ def oldest_fastapi_python() -> str:
     if not marker.exists():
         venv.create(env_dir, with_pip=True, clear=True)
         subprocess.run(
-            [str(python), "-m", "pip", "install", "-q", "-e", str(ROOT), f"fastapi=={OLDEST_FASTAPI}", "uvicorn"],
+            [
+                str(python),
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "-e",
+                str(ROOT),
+                f"fastapi=={OLDEST_FASTAPI}",
+                "uvicorn",
+            ],
             check=True,
             timeout=600,
         )
         marker.write_text(OLDEST_FASTAPI)
     version = subprocess.run(
         [str(python), "-c", "import fastapi; print(fastapi.__version__)"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     assert version == OLDEST_FASTAPI
     return str(python)
 
 
-def test_one_server_span_per_request_on_the_oldest_fastapi(oldest_fastapi_python, grpc_sink, start_app):
+def test_one_server_span_per_request_on_the_oldest_fastapi(
+    oldest_fastapi_python, grpc_sink, start_app
+):
     app = start_app(telemetry_env(grpc_sink.endpoint), python=oldest_fastapi_python)
 
     responses = [app.client.post("/predict", json={"years": i}) for i in range(3)]
 
     ids = {r.headers[semconv.PREDICTION_ID_HEADER] for r in responses}
-    events = wait_until(lambda: len(grpc_sink.consumer.events(semconv.PREDICTION_EVENT)) == 3
-                        and grpc_sink.consumer.events(semconv.PREDICTION_EVENT), what="three events")
+    events = wait_until(
+        lambda: (
+            len(grpc_sink.consumer.events(semconv.PREDICTION_EVENT)) == 3
+            and grpc_sink.consumer.events(semconv.PREDICTION_EVENT)
+        ),
+        what="three events",
+    )
     assert {e.attributes[semconv.PREDICTION_ID] for e in events} == ids
     traces = {e.trace_id for e in events}
     app.stop()  # flushes every span
     server_spans = [s for s in grpc_sink.consumer.spans() if s.kind == 2]
-    assert sorted(s.trace_id.hex() for s in server_spans) == sorted(traces), "one server span per request"
+    assert sorted(s.trace_id.hex() for s in server_spans) == sorted(traces), (
+        "one server span per request"
+    )
     assert Path(sys.executable).resolve() != Path(oldest_fastapi_python).resolve()

@@ -7,11 +7,11 @@ import math
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from modeltel._otlp import LogsRequestFramer, encode_event
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.sdk.resources import Resource
 
-from modeltel._otlp import LogsRequestFramer, encode_event
 from tests.otlp_sink import attributes
 
 scalars = st.one_of(
@@ -63,7 +63,9 @@ def test_out_of_range_values():
 def test_framed_request_carries_resource_scope_and_records():
     resource = Resource.create({"service.name": "svc", "tags": ("a", "b")})
     framer = LogsRequestFramer(resource, "modeltel", "1.2.3")
-    records = [encode_event(time_unix_nano=i, event_name="e", attributes={"i": i}) for i in range(3)]
+    records = [
+        encode_event(time_unix_nano=i, event_name="e", attributes={"i": i}) for i in range(3)
+    ]
 
     request = ExportLogsServiceRequest.FromString(framer.frame(records))
 

@@ -1,4 +1,4 @@
-"""OTLP over HTTP with protobuf bodies (optionally gzip): ``/v1/logs``, ``/v1/traces``, ``/v1/metrics``."""
+"""OTLP/HTTP with protobuf bodies, optionally gzip: ``/v1/logs``, ``/v1/traces``, ``/v1/metrics``."""
 
 from __future__ import annotations
 
