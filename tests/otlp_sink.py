@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
+from modeltel_collector.otlp_values import any_value, attributes
 from modeltel_collector.receivers import GrpcReceiver, http_receiver_app
 from modeltel_collector.receivers.consumer import ACCEPTED, ExportOutcome
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 
 def free_port() -> int:
@@ -34,17 +34,6 @@ def wait_until(condition: Callable[[], Any], timeout: float = 20.0, what: str = 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.05)
-
-
-def any_value(value: AnyValue) -> Any:
-    kind = value.WhichOneof("value")
-    if kind == "array_value":
-        return [any_value(v) for v in value.array_value.values]
-    return getattr(value, kind) if kind else None
-
-
-def attributes(keyvalues: Any) -> dict[str, Any]:
-    return {kv.key: any_value(kv.value) for kv in keyvalues}
 
 
 @dataclass

@@ -40,9 +40,7 @@ class BatchItem(BaseModel):
 service = LinearRegressionService()
 
 app = FastAPI(title="salary model")
-modeltel.instrument(
-    app, model="salary", version=lambda: service.artifact_version, task="regression"
-)
+modeltel.instrument(app, model="salary", version=lambda: service.artifact_version, task="regression")
 
 
 @app.post("/predict")

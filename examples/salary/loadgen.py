@@ -179,9 +179,7 @@ def run(
     return stats
 
 
-def _send(
-    client: httpx.Client, endpoint: str, row: dict[str, object], phase: Phase
-) -> RequestResult:
+def _send(client: httpx.Client, endpoint: str, row: dict[str, object], phase: Phase) -> RequestResult:
     timestamp = time.time()
     began = time.perf_counter()
     try:
@@ -196,29 +194,23 @@ def _send(
             f"{type(error).__name__}: {error}",
         )
     latency = time.perf_counter() - began
-    error = None if response.is_success else response.text[:200]
+    failure = None if response.is_success else response.text[:200]
     prediction_id = response.headers.get(semconv.PREDICTION_ID_HEADER)
-    return RequestResult(timestamp, latency, response.status_code, prediction_id, phase, error)
+    return RequestResult(timestamp, latency, response.status_code, prediction_id, phase, failure)
 
 
 def main(argv: list[str] | None = None) -> None:
     """The command line: run, flush the labels' telemetry, print the totals."""
-    parser = argparse.ArgumentParser(
-        description="Load generator and labelling job for the salary service."
-    )
+    parser = argparse.ArgumentParser(description="Load generator and labelling job for the salary service.")
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="the salary service")
     parser.add_argument("--rate", type=float, default=50.0, help="requests per second")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of load")
     parser.add_argument("--drift-at", type=float, default=None, help="seconds until data drift")
-    parser.add_argument(
-        "--concept-drift-at", type=float, default=None, help="seconds until concept drift"
-    )
+    parser.add_argument("--concept-drift-at", type=float, default=None, help="seconds until concept drift")
     parser.add_argument(
         "--drift-shift", type=float, default=10.0, help="years of experience added by data drift"
     )
-    parser.add_argument(
-        "--label-delay", type=float, default=2.0, help="seconds from prediction to label"
-    )
+    parser.add_argument("--label-delay", type=float, default=2.0, help="seconds from prediction to label")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 

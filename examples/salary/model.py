@@ -145,14 +145,14 @@ def design_matrix(rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
             raise ValueError(f"{name} must be finite")
         blocks.append(column[:, None])
     for name, categories in CATEGORIES.items():
-        values = np.asarray([row[name] for row in rows], dtype=object)
-        known = np.isin(values, categories)
+        labels = np.asarray([row[name] for row in rows], dtype=object)
+        known = np.isin(labels, categories)
         if not known.all():
             i = int(np.argmin(known))
             raise ValueError(
-                f"row {i}: unknown {name} {values[i]!r}; expected one of {', '.join(categories)}"
+                f"row {i}: unknown {name} {labels[i]!r}; expected one of {', '.join(categories)}"
             )
-        blocks.append((values[:, None] == np.asarray(categories[1:], dtype=object)).astype(float))
+        blocks.append((labels[:, None] == np.asarray(categories[1:], dtype=object)).astype(float))
     return np.hstack(blocks)
 
 

@@ -11,9 +11,8 @@ import statistics
 import threading
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 from modeltel import semconv
@@ -22,37 +21,17 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+from modeltel_collector.otlp_values import attributes
 from modeltel_collector.receivers.consumer import ACCEPTED, ExportOutcome
-
-if TYPE_CHECKING:
-    from examples.salary.loadgen import LoadStats, RequestResult
 
 WINDOW = 200
 """Values per recent window, and values making up a feature's baseline."""
 MAX_PENDING = 20_000
 """Predictions (or early labels) kept waiting for their counterpart; the oldest go first."""
 RATE_WINDOW_S = 5.0
-
-
-def any_value(value: AnyValue) -> Any:
-    """The Python value of an OTLP ``AnyValue`` (lists and maps included)."""
-    kind = value.WhichOneof("value")
-    if kind is None:
-        return None
-    if kind == "array_value":
-        return [any_value(item) for item in value.array_value.values]
-    if kind == "kvlist_value":
-        return attributes(value.kvlist_value.values)
-    return getattr(value, kind)
-
-
-def attributes(keyvalues: Iterable[KeyValue]) -> dict[str, Any]:
-    """OTLP attributes as a dict."""
-    return {kv.key: any_value(kv.value) for kv in keyvalues}
 
 
 def as_number(value: Any) -> float | None:
@@ -74,16 +53,20 @@ class _Bounded(OrderedDict[str, float]):
 
 @dataclass(frozen=True)
 class FeatureStats:
-    """A numeric feature now against its baseline (the first values seen)."""
+    """A numeric feature now against its baseline (its first ``WINDOW`` values)."""
 
+    baseline_count: int
     baseline_mean: float
     baseline_std: float
     recent_mean: float
 
     @property
     def shift(self) -> float:
-        """How far the recent mean moved, in baseline standard deviations (nan if undefined)."""
-        if not self.baseline_std:
+        """How far the recent mean moved, in baseline standard deviations.
+
+        nan while the baseline is incomplete or constant.
+        """
+        if self.baseline_count < WINDOW or not self.baseline_std:
             return math.nan
         return (self.recent_mean - self.baseline_mean) / self.baseline_std
 
@@ -101,9 +84,11 @@ class FeatureWindow:
         self._recent.append(value)
 
     def stats(self) -> FeatureStats:
-        std = statistics.pstdev(self._baseline) if len(self._baseline) > 1 else math.nan
         return FeatureStats(
-            statistics.fmean(self._baseline), std, statistics.fmean(self._recent)
+            len(self._baseline),
+            statistics.fmean(self._baseline),
+            statistics.pstdev(self._baseline),
+            statistics.fmean(self._recent),
         )
 
 
@@ -226,10 +211,34 @@ class DemoConsumer:
         )
 
 
+class RequestResult(Protocol):
+    """One request as the load generator reports it (``examples.salary.loadgen``)."""
+
+    @property
+    def latency_s(self) -> float: ...
+    @property
+    def status(self) -> int: ...
+    @property
+    def phase(self) -> str: ...
+
+
+class LoadStats(Protocol):
+    """The totals of a load generator run (``examples.salary.loadgen``)."""
+
+    sent: int
+    ok: int
+    errors: int
+    p50: float
+    p95: float
+    elapsed_s: float
+    phases: dict[str, int]
+
+
 @dataclass(frozen=True)
 class LoadSnapshot:
-    """The load generator's progress; latencies in seconds."""
+    """The load generator's progress; times in seconds."""
 
+    elapsed_s: float
     sent: int
     ok: int
     errors: int
@@ -244,7 +253,15 @@ class LoadSnapshot:
         """The totals of a finished run (latency percentiles over all its requests)."""
         rate = stats.sent / stats.elapsed_s if stats.elapsed_s else 0.0
         return cls(
-            stats.sent, stats.ok, stats.errors, rate, stats.p50, stats.p95, phase, stats.phases
+            stats.elapsed_s,
+            stats.sent,
+            stats.ok,
+            stats.errors,
+            rate,
+            stats.p50,
+            stats.p95,
+            phase,
+            stats.phases,
         )
 
 
@@ -253,7 +270,10 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 class LoadTally:
-    """Collects the load generator's results (its ``on_result`` callback); thread-safe."""
+    """Collects the load generator's results (its ``on_result`` callback); thread-safe.
+
+    Create it as the load starts: its clock gives the elapsed time and early request rates.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -278,18 +298,23 @@ class LoadTally:
                 self._done_at.popleft()
 
     def snapshot(self) -> LoadSnapshot:
+        """Totals so far; rate and latency percentiles over recent requests."""
         now = time.monotonic()
-        span = min(RATE_WINDOW_S, now - self._started)
         with self._lock:
+            counts = dict(self._counts)
             latencies = list(self._latencies)
             in_window = sum(t >= now - RATE_WINDOW_S for t in self._done_at)
-            return LoadSnapshot(
-                sent=self._counts["sent"],
-                ok=self._counts["ok"],
-                errors=self._counts["errors"],
-                rate=in_window / span if span > 0 else 0.0,
-                p50=_percentile(latencies, 50),
-                p95=_percentile(latencies, 95),
-                phase=self._phase,
-                phases=dict(self._phases),
-            )
+            phase, phases = self._phase, dict(self._phases)
+        elapsed = now - self._started
+        span = min(RATE_WINDOW_S, elapsed)
+        return LoadSnapshot(
+            elapsed_s=elapsed,
+            sent=counts.get("sent", 0),
+            ok=counts.get("ok", 0),
+            errors=counts.get("errors", 0),
+            rate=in_window / span if span > 0 else 0.0,
+            p50=_percentile(latencies, 50),
+            p95=_percentile(latencies, 95),
+            phase=phase,
+            phases=phases,
+        )

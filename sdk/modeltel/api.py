@@ -58,9 +58,7 @@ def log_prediction(
         version = version or "unknown"
         prediction_id = prediction_id or new_prediction_id()
     span_context = trace.get_current_span().get_span_context()
-    recorder.record(
-        [Prediction(features, prediction, score)], [prediction_id], model, version, span_context
-    )
+    recorder.record([Prediction(features, prediction, score)], [prediction_id], model, version, span_context)
     return prediction_id
 
 
@@ -79,9 +77,7 @@ def log_label(prediction_id: str, value: Any, *, model: str) -> None:
         semconv.PREDICTION_ID: prediction_id,
         semconv.LABEL_VALUE: value,
     }
-    get_runtime().sink.emit(
-        semconv.LABEL_EVENT, attributes, trace.get_current_span().get_span_context()
-    )
+    get_runtime().sink.emit(semconv.LABEL_EVENT, attributes, trace.get_current_span().get_span_context())
 
 
 def force_flush(timeout_millis: int = 30_000) -> bool:

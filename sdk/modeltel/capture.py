@@ -107,9 +107,7 @@ def extract_predictions(request: Any, response: Any, settings: CaptureSettings) 
     if instances is None:
         value, score = _unwrap_output(response, settings)
         if isinstance(value, list):
-            raise CaptureError(
-                "the request is one instance but the response holds a list of predictions"
-            )
+            raise CaptureError("the request is one instance but the response holds a list of predictions")
         return [Prediction(request, value, score)]
 
     if isinstance(response, Mapping):
@@ -124,15 +122,12 @@ def extract_predictions(request: Any, response: Any, settings: CaptureSettings) 
         )
     if len(response) != len(instances):
         raise CaptureError(
-            f"the request has {len(instances)} instances "
-            f"but the response {len(response)} predictions"
+            f"the request has {len(instances)} instances but the response {len(response)} predictions"
         )
     predictions = []
     for instance, output in zip(instances, response, strict=True):
         if not isinstance(instance, Mapping):
-            raise CaptureError(
-                f"a batch instance is a JSON {type(instance).__name__}, not an object"
-            )
+            raise CaptureError(f"a batch instance is a JSON {type(instance).__name__}, not an object")
         value, score = _unwrap_output(output, settings)
         predictions.append(Prediction(instance, value, score))
     return predictions
@@ -155,9 +150,7 @@ class FeatureFlattener:
         beyond int64 become floats: OTLP can carry neither.
         """
         if name in self._hash:
-            return hashlib.sha256(self._salt + str(value).encode("utf-8", "replace")).hexdigest()[
-                :16
-            ]
+            return hashlib.sha256(self._salt + str(value).encode("utf-8", "replace")).hexdigest()[:16]
         kind = type(value)
         if kind is float or kind is bool:
             return value
@@ -175,9 +168,7 @@ class FeatureFlattener:
         self._walk(features, "", out)
         return out
 
-    def _walk(
-        self, node: Mapping[str, Any] | Sequence[Any], prefix: str, out: dict[str, Any]
-    ) -> None:
+    def _walk(self, node: Mapping[str, Any] | Sequence[Any], prefix: str, out: dict[str, Any]) -> None:
         items = node.items() if isinstance(node, Mapping) else enumerate(node)
         for key, value in items:
             name = f"{prefix}{key}"

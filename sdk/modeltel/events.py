@@ -58,9 +58,7 @@ class LoggerEventSink:
         self._logger = logger
         self._provider = provider
 
-    def emit(
-        self, event_name: str, attributes: Mapping[str, Any], span_context: SpanContext | None
-    ) -> None:
+    def emit(self, event_name: str, attributes: Mapping[str, Any], span_context: SpanContext | None) -> None:
         # The Logs API takes the trace context from the current context, which is the
         # request's span wherever modeltel emits.
         self._logger.emit(event_name=event_name, attributes=dict(attributes))
@@ -126,6 +124,10 @@ def _env_int(name: str, default: int) -> int:
     return value if value > 0 else default
 
 
+MAX_QUEUE_BYTES = 32 * 1024 * 1024
+"""Queued events never hold more memory than this, whatever their count."""
+
+
 class BatchEventProcessor:
     """A bounded queue of encoded events drained by one background thread.
 
@@ -139,25 +141,13 @@ class BatchEventProcessor:
         transport: EventTransport,
         framer: LogsRequestFramer,
         counters: EventCounters,
-        *,
-        max_queue_size: int | None = None,
-        max_queue_bytes: int = 32 * 1024 * 1024,
-        max_export_batch_size: int | None = None,
-        schedule_delay_millis: int | None = None,
-        export_timeout_millis: int | None = None,
     ) -> None:
         self._transport = transport
         self._framer = framer
-        self._max_queue_size = max_queue_size or _env_int(OTEL_BLRP_MAX_QUEUE_SIZE, 2048)
-        self._max_queue_bytes = max_queue_bytes
-        self._max_batch = min(
-            max_export_batch_size or _env_int(OTEL_BLRP_MAX_EXPORT_BATCH_SIZE, 512),
-            self._max_queue_size,
-        )
-        self._delay = (schedule_delay_millis or _env_int(OTEL_BLRP_SCHEDULE_DELAY, 1000)) / 1000
-        self._export_timeout = (
-            export_timeout_millis or _env_int(OTEL_BLRP_EXPORT_TIMEOUT, 30_000)
-        ) / 1000
+        self._max_queue_size = _env_int(OTEL_BLRP_MAX_QUEUE_SIZE, 2048)
+        self._max_batch = min(_env_int(OTEL_BLRP_MAX_EXPORT_BATCH_SIZE, 512), self._max_queue_size)
+        self._delay = _env_int(OTEL_BLRP_SCHEDULE_DELAY, 1000) / 1000
+        self._export_timeout = _env_int(OTEL_BLRP_EXPORT_TIMEOUT, 30_000) / 1000
         self._queue: deque[bytes] = deque()
         self._queued_bytes = 0
         self._lock = threading.Lock()
@@ -178,6 +168,7 @@ class BatchEventProcessor:
         self._queue.clear()
         self._queued_bytes = 0
         self._lock = threading.Lock()
+        self._wake = threading.Event()
         self._idle = threading.Condition(self._lock)
         self._exporting = 0
         self._start_worker()
@@ -187,8 +178,7 @@ class BatchEventProcessor:
             if self._shutdown:
                 full_reason = "shutdown"
             elif (
-                len(self._queue) >= self._max_queue_size
-                or self._queued_bytes + len(record) > self._max_queue_bytes
+                len(self._queue) >= self._max_queue_size or self._queued_bytes + len(record) > MAX_QUEUE_BYTES
             ):
                 full_reason = "queue_full"
             else:
@@ -265,9 +255,7 @@ class OTLPEventSink:
     def __init__(self, processor: BatchEventProcessor) -> None:
         self.processor = processor
 
-    def emit(
-        self, event_name: str, attributes: Mapping[str, Any], span_context: SpanContext | None
-    ) -> None:
+    def emit(self, event_name: str, attributes: Mapping[str, Any], span_context: SpanContext | None) -> None:
         if span_context is not None and span_context.is_valid:
             record = encode_event(
                 time_unix_nano=time.time_ns(),
@@ -278,9 +266,7 @@ class OTLPEventSink:
                 trace_flags=span_context.trace_flags,
             )
         else:
-            record = encode_event(
-                time_unix_nano=time.time_ns(), event_name=event_name, attributes=attributes
-            )
+            record = encode_event(time_unix_nano=time.time_ns(), event_name=event_name, attributes=attributes)
         self.processor.emit(record)
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:

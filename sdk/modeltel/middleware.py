@@ -44,9 +44,7 @@ class RequestState:
 
     def next_prediction_id(self) -> str:
         """The request's id for its first explicit prediction, then ``<id>-1``, ``<id>-2``..."""
-        prediction_id = (
-            self.prediction_id if not self.logged else f"{self.prediction_id}-{self.logged}"
-        )
+        prediction_id = self.prediction_id if not self.logged else f"{self.prediction_id}-{self.logged}"
         self.logged += 1
         return prediction_id
 
@@ -102,9 +100,7 @@ class PredictionCaptureMiddleware:
         if scope["type"] == "lifespan":
             await self.app(scope, receive, self._flush_before_shutdown_completes(send))
             return
-        if scope["type"] != "http" or not capture.is_prediction_route(
-            scope["method"], scope["path"]
-        ):
+        if scope["type"] != "http" or not capture.is_prediction_route(scope["method"], scope["path"]):
             await self.app(scope, receive, send)
             return
 

@@ -65,9 +65,7 @@ def otlp_protocol(signal: Signal, override: str | None = None) -> Protocol:
         value = os.environ.get(source, "grpc")
     value = value.strip().lower()
     if value not in _PROTOCOLS:
-        raise ConfigurationError(
-            f"{source}={value!r} is not supported: use 'grpc' or 'http/protobuf'"
-        )
+        raise ConfigurationError(f"{source}={value!r} is not supported: use 'grpc' or 'http/protobuf'")
     return value  # type: ignore[return-value]
 
 
@@ -76,9 +74,7 @@ def exporter_kind(signal: Signal) -> str:
     name = f"OTEL_{signal.upper()}_EXPORTER"
     value = os.environ.get(name, "otlp").strip().lower() or "otlp"
     if value not in _EXPORTERS:
-        raise ConfigurationError(
-            f"{name}={value!r} is not supported: use one of {', '.join(_EXPORTERS)}"
-        )
+        raise ConfigurationError(f"{name}={value!r} is not supported: use one of {', '.join(_EXPORTERS)}")
     return value
 
 
@@ -163,9 +159,7 @@ def resolve_providers(protocol: str | None = None) -> Providers:
                 else _otlp_exporter("metrics", otlp_protocol("metrics", protocol))
             )
             readers.append(PeriodicExportingMetricReader(metric_exporter))
-        meter_provider = MeterProvider(
-            resource=resource, metric_readers=readers, views=metric_views()
-        )
+        meter_provider = MeterProvider(resource=resource, metric_readers=readers, views=metric_views())
         metrics.set_meter_provider(meter_provider)
 
     logger_provider = _logs.get_logger_provider()

@@ -40,9 +40,7 @@ class Runtime:
             return LoggerEventSink(logger, providers.logger_provider)
         from modeltel._transports import GrpcEventTransport, HttpEventTransport
 
-        transport = (
-            GrpcEventTransport() if providers.logs_protocol == "grpc" else HttpEventTransport()
-        )
+        transport = GrpcEventTransport() if providers.logs_protocol == "grpc" else HttpEventTransport()
         framer = LogsRequestFramer(providers.resource, semconv.SCOPE_NAME, SDK_VERSION)
         return OTLPEventSink(BatchEventProcessor(transport, framer, self.counters))
 

@@ -48,9 +48,7 @@ class FeatureStatistics:
         self._attributes: dict[tuple[str, str, str, bool], dict[str, str]] = {}
         self._category_attributes: dict[tuple[str, str, str], dict[str, dict[str, str]]] = {}
 
-    def _base(
-        self, model: str, version: str, feature: str, negative: bool = False
-    ) -> dict[str, str]:
+    def _base(self, model: str, version: str, feature: str, negative: bool = False) -> dict[str, str]:
         key = (model, version, feature, negative)
         attributes = self._attributes.get(key)
         if attributes is None:
@@ -77,9 +75,7 @@ class FeatureStatistics:
                 by_value[value] = attributes
         return attributes
 
-    def record(
-        self, model: str, version: str, features: Mapping[str, Any], prediction: Any
-    ) -> None:
+    def record(self, model: str, version: str, features: Mapping[str, Any], prediction: Any) -> None:
         """Record one prediction's features (already flattened and privacy-filtered)."""
         for name, value in features.items():
             kind = type(value)

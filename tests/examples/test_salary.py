@@ -185,9 +185,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def server_url(app_module: ModuleType) -> Iterator[str]:
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app_module.app, host="127.0.0.1", port=port, log_level="warning")
-    )
+    server = uvicorn.Server(uvicorn.Config(app_module.app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -241,9 +239,7 @@ def test_run_stops_early_and_flushes_labels(server_url: str) -> None:
             stop.set()
 
     began = time.monotonic()
-    stats = loadgen.run(
-        server_url, rate=50, duration=30, label_delay=60, stop=stop, on_result=on_result
-    )
+    stats = loadgen.run(server_url, rate=50, duration=30, label_delay=60, stop=stop, on_result=on_result)
     assert time.monotonic() - began < 10
     assert stats.sent == 5
     assert stats.labels_sent == stats.ok == 5

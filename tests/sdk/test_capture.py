@@ -15,9 +15,7 @@ DEFAULT = CaptureSettings()
 
 
 def test_single_object():
-    assert extract_predictions({"x": 1}, {"prediction": 2.0}, DEFAULT) == [
-        Prediction({"x": 1}, 2.0)
-    ]
+    assert extract_predictions({"x": 1}, {"prediction": 2.0}, DEFAULT) == [Prediction({"x": 1}, 2.0)]
 
 
 @pytest.mark.parametrize(
@@ -57,9 +55,7 @@ def test_shapes_that_do_not_fit_name_the_problem(request_json, response_json, me
 
 
 def test_flatten_nested_lists_and_missing_values():
-    flat = FeatureFlattener(DEFAULT).flatten(
-        {"a": {"b": 1, "c": None, "d": [1.5, {"e": "x"}]}, "f": True}
-    )
+    flat = FeatureFlattener(DEFAULT).flatten({"a": {"b": 1, "c": None, "d": [1.5, {"e": "x"}]}, "f": True})
     assert flat == {"a.b": 1, "a.d.0": 1.5, "a.d.1.e": "x", "f": True}
 
 
@@ -81,9 +77,7 @@ def test_include_exclude_hash_and_truncate():
 
 
 def test_max_features():
-    flat = FeatureFlattener(CaptureSettings(max_features=3)).flatten(
-        {f"f{i}": i for i in range(10)}
-    )
+    flat = FeatureFlattener(CaptureSettings(max_features=3)).flatten({f"f{i}": i for i in range(10)})
     assert len(flat) == 3
 
 

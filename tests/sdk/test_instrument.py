@@ -26,9 +26,7 @@ def _one_event(sink, prediction_id):
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
-def test_prediction_request_yields_span_duration_metric_and_event(
-    protocol, grpc_sink, http_sink, start_app
-):
+def test_prediction_request_yields_span_duration_metric_and_event(protocol, grpc_sink, http_sink, start_app):
     sink = grpc_sink if protocol == "grpc" else http_sink
     app = start_app(telemetry_env(sink.endpoint, protocol))
 
@@ -77,9 +75,7 @@ def test_health_urls_get_no_span(grpc_sink, start_app):
     for _ in range(3):
         assert app.client.get("/health").status_code == 200
     app.client.post("/predict", json={"years": 2})
-    wait_until(
-        lambda: len([s for s in grpc_sink.consumer.spans() if s.kind == SERVER]) >= 2, what="spans"
-    )
+    wait_until(lambda: len([s for s in grpc_sink.consumer.spans() if s.kind == SERVER]) >= 2, what="spans")
     assert all("/health" not in s.name for s in grpc_sink.consumer.spans())
 
 
@@ -135,9 +131,7 @@ def test_classifier_with_score_and_custom_keys(grpc_sink, start_app):
 
     response = app.client.post("/classify", json={"years": 7})
 
-    assert response.headers[semconv.MODEL_VERSION_HEADER] == "9.9.9", (
-        "falls back to service.version"
-    )
+    assert response.headers[semconv.MODEL_VERSION_HEADER] == "9.9.9", "falls back to service.version"
     [event] = _one_event(grpc_sink, response.headers[semconv.PREDICTION_ID_HEADER])
     assert event.attributes[semconv.PREDICTION_VALUE] == "high"
     assert event.attributes[semconv.PREDICTION_SCORE] == 0.75
@@ -163,9 +157,7 @@ def test_instrument_twice_is_harmless(grpc_sink, start_app):
     [event] = _one_event(grpc_sink, response.headers[semconv.PREDICTION_ID_HEADER])
     spans = wait_until(
         lambda: [
-            s
-            for s in grpc_sink.consumer.spans()
-            if s.trace_id.hex() == event.trace_id and s.kind == SERVER
+            s for s in grpc_sink.consumer.spans() if s.trace_id.hex() == event.trace_id and s.kind == SERVER
         ],
         what="the server span",
     )

@@ -55,9 +55,7 @@ def oldest_fastapi_python() -> str:
     return str(python)
 
 
-def test_one_server_span_per_request_on_the_oldest_fastapi(
-    oldest_fastapi_python, grpc_sink, start_app
-):
+def test_one_server_span_per_request_on_the_oldest_fastapi(oldest_fastapi_python, grpc_sink, start_app):
     app = start_app(telemetry_env(grpc_sink.endpoint), python=oldest_fastapi_python)
 
     responses = [app.client.post("/predict", json={"years": i}) for i in range(3)]
@@ -74,7 +72,5 @@ def test_one_server_span_per_request_on_the_oldest_fastapi(
     traces = {e.trace_id for e in events}
     app.stop()  # flushes every span
     server_spans = [s for s in grpc_sink.consumer.spans() if s.kind == 2]
-    assert sorted(s.trace_id.hex() for s in server_spans) == sorted(traces), (
-        "one server span per request"
-    )
+    assert sorted(s.trace_id.hex() for s in server_spans) == sorted(traces), "one server span per request"
     assert Path(sys.executable).resolve() != Path(oldest_fastapi_python).resolve()

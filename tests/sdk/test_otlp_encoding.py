@@ -63,9 +63,7 @@ def test_out_of_range_values():
 def test_framed_request_carries_resource_scope_and_records():
     resource = Resource.create({"service.name": "svc", "tags": ("a", "b")})
     framer = LogsRequestFramer(resource, "modeltel", "1.2.3")
-    records = [
-        encode_event(time_unix_nano=i, event_name="e", attributes={"i": i}) for i in range(3)
-    ]
+    records = [encode_event(time_unix_nano=i, event_name="e", attributes={"i": i}) for i in range(3)]
 
     request = ExportLogsServiceRequest.FromString(framer.frame(records))
 

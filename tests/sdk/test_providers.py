@@ -14,9 +14,7 @@ from tests.otlp_sink import wait_until
 
 
 def test_existing_providers_are_used_and_not_replaced(grpc_sink, start_app):
-    app = start_app(
-        telemetry_env(grpc_sink.endpoint), target="tests.sdk.existing_providers_app:create_app"
-    )
+    app = start_app(telemetry_env(grpc_sink.endpoint), target="tests.sdk.existing_providers_app:create_app")
 
     response = app.client.post("/predict", json={"x": 4})
 

@@ -18,26 +18,19 @@ def test_sampling_sends_a_share_of_events_but_aggregates_see_every_prediction(gr
     educations = ["bsc", "msc", "phd"]
     ids = []
     for i, value in enumerate(years):
-        response = app.client.post(
-            "/predict", json={"years": value, "education": educations[i % 3]}
-        )
+        response = app.client.post("/predict", json={"years": value, "education": educations[i % 3]})
         ids.append(response.headers[semconv.PREDICTION_ID_HEADER])
     app.stop()  # graceful: the lifespan shutdown flushes everything
 
     # The sampling decision is a function of the id, so the expected set is exact.
     expected = {i for i in ids if int(i[-8:], 16) < 0.25 * 2**32}
-    sent = {
-        e.attributes[semconv.PREDICTION_ID]
-        for e in grpc_sink.consumer.events(semconv.PREDICTION_EVENT)
-    }
+    sent = {e.attributes[semconv.PREDICTION_ID] for e in grpc_sink.consumer.events(semconv.PREDICTION_EVENT)}
     assert sent == expected
     assert 20 < len(sent) < 90
 
     years_points = grpc_sink.consumer.latest_points(semconv.FEATURE_VALUE_METRIC)
     positive = next(p for k, p in years_points.items() if semconv.VALUE_SIGN not in dict(k))
-    negative = next(
-        p for k, p in years_points.items() if dict(k).get(semconv.VALUE_SIGN) == "negative"
-    )
+    negative = next(p for k, p in years_points.items() if dict(k).get(semconv.VALUE_SIGN) == "negative")
     assert positive.count + negative.count == 200
     assert positive.sum - negative.sum == sum(years)
     assert negative.max == 4.5 and positive.max == 11.5
@@ -48,9 +41,7 @@ def test_sampling_sends_a_share_of_events_but_aggregates_see_every_prediction(gr
         dict(key)[semconv.FEATURE_CATEGORY]: point.as_int
         for key, point in grpc_sink.consumer.latest_points(semconv.FEATURE_CATEGORY_METRIC).items()
     }
-    assert categories == {
-        name: sum(1 for i in range(200) if i % 3 == k) for k, name in enumerate(educations)
-    }
+    assert categories == {name: sum(1 for i in range(200) if i % 3 == k) for k, name in enumerate(educations)}
 
 
 def test_category_cardinality_is_capped(grpc_sink, start_app):
@@ -85,27 +76,21 @@ def test_collector_down_then_back_every_request_served_memory_bounded_drops_coun
     rss_after = process.memory_info().rss
 
     assert statuses == [200] * 3000
-    assert rss_after - rss_after_warmup < 20 * 1024 * 1024, (
-        "memory grows while the collector is down"
-    )
+    assert rss_after - rss_after_warmup < 20 * 1024 * 1024, "memory grows while the collector is down"
 
     sink = GrpcSink(port)  # the collector comes back on the same address
     try:
 
         def accounted():
             exported = sum(
-                p.as_int
-                for p in sink.consumer.latest_points(semconv.SDK_EVENTS_EXPORTED_METRIC).values()
+                p.as_int for p in sink.consumer.latest_points(semconv.SDK_EVENTS_EXPORTED_METRIC).values()
             )
             dropped = sum(
-                p.as_int
-                for p in sink.consumer.latest_points(semconv.SDK_EVENTS_DROPPED_METRIC).values()
+                p.as_int for p in sink.consumer.latest_points(semconv.SDK_EVENTS_DROPPED_METRIC).values()
             )
             return exported + dropped == 3000 and (exported, dropped)
 
-        exported, dropped = wait_until(
-            accounted, 30, "exported + dropped to account for all 3000 events"
-        )
+        exported, dropped = wait_until(accounted, 30, "exported + dropped to account for all 3000 events")
         assert dropped > 0
         reasons = {
             dict(k)[semconv.DROP_REASON]
@@ -137,9 +122,7 @@ def test_malformed_and_unusual_bodies_never_become_errors(grpc_sink, start_app):
     ]
     ids = []
     for body, content_type in odd:
-        response = app.client.post(
-            "/predict/raw", content=body, headers={"content-type": content_type}
-        )
+        response = app.client.post("/predict/raw", content=body, headers={"content-type": content_type})
         assert response.status_code == 200, body[:40]
         ids.append(response.headers[semconv.PREDICTION_ID_HEADER])
     # Handler-level validation errors are the app's answer, not a capture failure.

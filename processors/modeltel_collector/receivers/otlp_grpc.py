@@ -32,9 +32,7 @@ def _servicer(
 class GrpcReceiver:
     """An OTLP/gRPC server (default port 4317) feeding a :class:`Consumer`."""
 
-    def __init__(
-        self, consumer: Consumer, endpoint: str = "0.0.0.0:4317", max_workers: int = 4
-    ) -> None:
+    def __init__(self, consumer: Consumer, endpoint: str = "0.0.0.0:4317", max_workers: int = 4) -> None:
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="otlp-grpc"),
             options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],
