@@ -7,7 +7,7 @@ logs and one ``ml.prediction`` event per prediction, over OTLP.
 from modeltel.api import force_flush, log_label, log_prediction
 from modeltel.capture import CaptureError, Prediction
 from modeltel.instrumentation import AppCapture, instrument
-from modeltel.providers import ConfigurationError, metric_views
+from modeltel.providers import ConfigurationError
 
 __all__ = [
     "AppCapture",
@@ -18,5 +18,4 @@ __all__ = [
     "instrument",
     "log_label",
     "log_prediction",
-    "metric_views",
 ]

@@ -11,7 +11,6 @@ from modeltel import semconv
 from modeltel.capture import CaptureSettings, Prediction, PredictionRecorder
 from modeltel.middleware import current_request, new_prediction_id
 from modeltel.runtime import get_runtime
-from modeltel.stats import FeatureStatistics
 
 _default_recorder: PredictionRecorder | None = None
 
@@ -22,7 +21,7 @@ def _recorder_outside_requests() -> PredictionRecorder:
         runtime = get_runtime()
         _default_recorder = PredictionRecorder(
             runtime.sink,
-            FeatureStatistics(runtime.providers.meter_provider),
+            runtime.statistics,
             CaptureSettings(),
             runtime.counters.dropped,
         )

@@ -217,7 +217,7 @@ class PredictionRecorder:
                 if prediction.value is None
                 else self._flattener.scalar(semconv.PREDICTION_VALUE, prediction.value)
             )
-            self._statistics.record(model, version, features, value)
+            self._statistics.record(model, version, features, value, settings.max_categories)
             if not settings.sampled(prediction_id):
                 continue
             attributes: dict[str, Any] = {

@@ -35,6 +35,7 @@ from opentelemetry.trace import SpanContext
 
 from modeltel import semconv
 from modeltel._otlp import LogsRequestFramer, encode_event
+from modeltel.providers import env_int
 
 _logger = logging.getLogger(__name__)
 
@@ -112,18 +113,6 @@ class EventTransport(Protocol):
     def shutdown(self) -> None: ...
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        _logger.warning("%s=%r is not an integer; using %d", name, raw, default)
-        return default
-    return value if value > 0 else default
-
-
 MAX_QUEUE_BYTES = 32 * 1024 * 1024
 """Queued events never hold more memory than this, whatever their count."""
 
@@ -144,10 +133,10 @@ class BatchEventProcessor:
     ) -> None:
         self._transport = transport
         self._framer = framer
-        self._max_queue_size = _env_int(OTEL_BLRP_MAX_QUEUE_SIZE, 2048)
-        self._max_batch = min(_env_int(OTEL_BLRP_MAX_EXPORT_BATCH_SIZE, 512), self._max_queue_size)
-        self._delay = _env_int(OTEL_BLRP_SCHEDULE_DELAY, 1000) / 1000
-        self._export_timeout = _env_int(OTEL_BLRP_EXPORT_TIMEOUT, 30_000) / 1000
+        self._max_queue_size = env_int(OTEL_BLRP_MAX_QUEUE_SIZE, 2048)
+        self._max_batch = min(env_int(OTEL_BLRP_MAX_EXPORT_BATCH_SIZE, 512), self._max_queue_size)
+        self._delay = env_int(OTEL_BLRP_SCHEDULE_DELAY, 1000) / 1000
+        self._export_timeout = env_int(OTEL_BLRP_EXPORT_TIMEOUT, 30_000) / 1000
         self._queue: deque[bytes] = deque()
         self._queued_bytes = 0
         self._lock = threading.Lock()

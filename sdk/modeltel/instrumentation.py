@@ -23,7 +23,6 @@ from modeltel.capture import (
 )
 from modeltel.middleware import Exchange, PredictionCaptureMiddleware
 from modeltel.runtime import Runtime, get_runtime
-from modeltel.stats import FeatureStatistics
 
 _logger = logging.getLogger("modeltel")
 
@@ -66,7 +65,7 @@ class AppCapture:
         self.flush = runtime.force_flush
         self.recorder = PredictionRecorder(
             runtime.sink,
-            FeatureStatistics(runtime.providers.meter_provider, settings.max_categories),
+            runtime.statistics,
             settings,
             runtime.counters.dropped,
         )

@@ -10,6 +10,7 @@ provider whose exporter follows the standard variables: ``OTEL_{SIGNAL}_EXPORTER
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -23,12 +24,11 @@ from opentelemetry.sdk.environment_variables import (
 )
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, PeriodicExportingMetricReader
-from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
-from modeltel import semconv
+_logger = logging.getLogger(__name__)
 
 Protocol = Literal["grpc", "http/protobuf"]
 Signal = Literal["traces", "metrics", "logs"]
@@ -45,6 +45,24 @@ _PROXIES = {
 
 class ConfigurationError(ValueError):
     """An option or ``OTEL_*`` variable has a value modeltel cannot use."""
+
+
+def env_int(name: str, default: int) -> int:
+    """A positive integer from the environment; ``default`` when unset, with a warning when invalid."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        _logger.warning("%s=%r is not an integer; using %d", name, raw, default)
+        return default
+    return value if value > 0 else default
+
+
+def sdk_disabled() -> bool:
+    """``OTEL_SDK_DISABLED=true``: create no providers and export nothing."""
+    return os.environ.get(OTEL_SDK_DISABLED, "").strip().lower() == "true"
 
 
 def is_unconfigured(provider: object) -> bool:
@@ -80,43 +98,38 @@ def exporter_kind(signal: Signal) -> str:
 
 def _otlp_exporter(signal: Signal, protocol: Protocol) -> Any:
     if protocol == "grpc":
-        if signal == "traces":
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-            return OTLPSpanExporter()
-        if signal == "metrics":
-            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-
-            return OTLPMetricExporter()
         from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
-
-        return OTLPLogExporter()
-    if signal == "traces":
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-            OTLPSpanExporter as HttpSpans,
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    else:
+        from opentelemetry.exporter.otlp.proto.http._log_exporter import (  # type: ignore[assignment]
+            OTLPLogExporter,
         )
-
-        return HttpSpans()
-    if signal == "metrics":
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
-            OTLPMetricExporter as HttpMetrics,
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import (  # type: ignore[assignment]
+            OTLPMetricExporter,
         )
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[assignment]
+            OTLPSpanExporter,
+        )
+    exporters = {"traces": OTLPSpanExporter, "metrics": OTLPMetricExporter, "logs": OTLPLogExporter}
+    return exporters[signal]()
 
-        return HttpMetrics()
-    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter as HttpLogs
 
-    return HttpLogs()
+_CONSOLE_EXPORTERS = {
+    "traces": ConsoleSpanExporter,
+    "metrics": ConsoleMetricExporter,
+    "logs": ConsoleLogRecordExporter,
+}
 
 
-def metric_views() -> list[View]:
-    """Views modeltel's histograms need: exponential buckets, since feature scales vary.
-
-    Add these to a ``MeterProvider`` you create yourself to get the same resolution.
-    """
-    return [
-        View(instrument_name=name, aggregation=ExponentialBucketHistogramAggregation())
-        for name in (semconv.FEATURE_VALUE_METRIC, semconv.PREDICTION_OUTPUT_METRIC)
-    ]
+def signal_exporter(signal: Signal, protocol: str | None = None) -> Any:
+    """The exporter ``OTEL_{SIGNAL}_EXPORTER`` asks for, or None for ``none``."""
+    kind = exporter_kind(signal)
+    if kind == "none":
+        return None
+    if kind == "console":
+        return _CONSOLE_EXPORTERS[signal]()
+    return _otlp_exporter(signal, otlp_protocol(signal, protocol))
 
 
 @dataclass
@@ -133,50 +146,30 @@ class Providers:
 
 def resolve_providers(protocol: str | None = None) -> Providers:
     """Use the global providers, creating and registering SDK ones where none exist."""
-    disabled = os.environ.get(OTEL_SDK_DISABLED, "").strip().lower() == "true"
     resource = Resource.create()
     tracer_provider = trace.get_tracer_provider()
-    if not disabled and is_unconfigured(tracer_provider):
+    if not sdk_disabled() and is_unconfigured(tracer_provider):
         tracer_provider = TracerProvider(resource=resource)
-        kind = exporter_kind("traces")
-        if kind != "none":
-            span_exporter = (
-                ConsoleSpanExporter()
-                if kind == "console"
-                else _otlp_exporter("traces", otlp_protocol("traces", protocol))
-            )
+        if span_exporter := signal_exporter("traces", protocol):
             tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
         trace.set_tracer_provider(tracer_provider)
 
     meter_provider = metrics.get_meter_provider()
-    if not disabled and is_unconfigured(meter_provider):
-        kind = exporter_kind("metrics")
-        readers = []
-        if kind != "none":
-            metric_exporter = (
-                ConsoleMetricExporter()
-                if kind == "console"
-                else _otlp_exporter("metrics", otlp_protocol("metrics", protocol))
-            )
-            readers.append(PeriodicExportingMetricReader(metric_exporter))
-        meter_provider = MeterProvider(resource=resource, metric_readers=readers, views=metric_views())
+    if not sdk_disabled() and is_unconfigured(meter_provider):
+        metric_exporter = signal_exporter("metrics", protocol)
+        readers = [PeriodicExportingMetricReader(metric_exporter)] if metric_exporter else []
+        meter_provider = MeterProvider(resource=resource, metric_readers=readers)
         metrics.set_meter_provider(meter_provider)
 
     logger_provider = _logs.get_logger_provider()
     owns_logger_provider = False
-    if not disabled and is_unconfigured(logger_provider):
+    if not sdk_disabled() and is_unconfigured(logger_provider):
         sdk_logger_provider = LoggerProvider(resource=resource)
-        kind = exporter_kind("logs")
-        if kind != "none":
-            log_exporter = (
-                ConsoleLogRecordExporter()
-                if kind == "console"
-                else _otlp_exporter("logs", otlp_protocol("logs", protocol))
-            )
+        if log_exporter := signal_exporter("logs", protocol):
             sdk_logger_provider.add_log_record_processor(BatchLogRecordProcessor(log_exporter))
         _logs.set_logger_provider(sdk_logger_provider)
         logger_provider = sdk_logger_provider
-        owns_logger_provider = kind == "otlp"
+        owns_logger_provider = exporter_kind("logs") == "otlp"
 
     existing_resource = getattr(tracer_provider, "resource", None)
     return Providers(

@@ -18,7 +18,8 @@ from modeltel.events import (
     LoggerEventSink,
     OTLPEventSink,
 )
-from modeltel.providers import Providers, resolve_providers
+from modeltel.providers import Providers, resolve_providers, sdk_disabled, signal_exporter
+from modeltel.stats import FeatureStatistics, StatisticsExporter
 
 try:
     SDK_VERSION = version("modeltel")
@@ -27,12 +28,19 @@ except PackageNotFoundError:  # running from a source tree without an install
 
 
 class Runtime:
-    """Providers plus the sink that ``ml.*`` events go to."""
+    """Providers, the sink ``ml.*`` events go to, and the feature statistics' export."""
 
-    def __init__(self, providers: Providers) -> None:
+    def __init__(self, providers: Providers, protocol: str | None = None) -> None:
         self.providers = providers
         self.counters = EventCounters(providers.meter_provider)
         self.sink = self._make_sink(providers)
+        self.statistics = FeatureStatistics()
+        metric_exporter = None if sdk_disabled() else signal_exporter("metrics", protocol)
+        self._statistics_export = (
+            StatisticsExporter(self.statistics, metric_exporter, providers.resource, SDK_VERSION)
+            if metric_exporter is not None
+            else None
+        )
 
     def _make_sink(self, providers: Providers) -> EventSink:
         if not providers.owns_logger_provider:
@@ -47,6 +55,8 @@ class Runtime:
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Export everything buffered: events, spans, metrics and logs."""
         flushed = self.sink.force_flush(timeout_millis)
+        if self._statistics_export is not None:
+            flushed = self._statistics_export.force_flush(timeout_millis) and flushed
         for provider in (
             self.providers.tracer_provider,
             self.providers.meter_provider,
@@ -67,5 +77,5 @@ def get_runtime(protocol: str | None = None) -> Runtime:
     global _runtime
     with _lock:
         if _runtime is None:
-            _runtime = Runtime(resolve_providers(protocol))
+            _runtime = Runtime(resolve_providers(protocol), protocol)
         return _runtime

@@ -8,6 +8,7 @@ release (cached under ``.cache/``) and serves the same app from it.
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 import venv
@@ -27,7 +28,8 @@ def oldest_fastapi_python() -> str:
     env_dir = ROOT / ".cache" / f"venv-fastapi-{OLDEST_FASTAPI}"
     python = env_dir / "bin" / "python"
     marker = env_dir / ".installed"
-    if not marker.exists():
+    wanted = f"{OLDEST_FASTAPI} {hashlib.sha256((ROOT / 'pyproject.toml').read_bytes()).hexdigest()}"
+    if not marker.exists() or marker.read_text() != wanted:
         venv.create(env_dir, with_pip=True, clear=True)
         subprocess.run(
             [
@@ -44,7 +46,7 @@ def oldest_fastapi_python() -> str:
             check=True,
             timeout=600,
         )
-        marker.write_text(OLDEST_FASTAPI)
+        marker.write_text(wanted)
     version = subprocess.run(
         [str(python), "-c", "import fastapi; print(fastapi.__version__)"],
         check=True,
