@@ -453,6 +453,9 @@ class Server:
             OTEL_EXPORTER_OTLP_PROTOCOL="grpc",
             OTEL_SERVICE_NAME="salary-api",
             OTEL_SEMCONV_STABILITY_OPT_IN="http",
+            # Collect metrics every second, so their aggregation and export (the SDK's
+            # and modeltel's feature statistics alike) happen inside the measured phase.
+            OTEL_METRIC_EXPORT_INTERVAL="1000",
         )
         env.update(extra_env or {})
         self.process = subprocess.Popen(
@@ -537,7 +540,31 @@ def run_once(mode: str, collector: Collector, args: argparse.Namespace) -> dict[
     result["mode"] = mode
     result["received"] = received
     result["expected_events"] = args.warmup + args.requests if mode == "modeltel" else 0
+    result["problems"] = _problems(mode, result)
     return result
+
+
+def _problems(mode: str, run: dict[str, Any]) -> list[str]:
+    """Why a run does not measure what it claims to (empty when it does)."""
+    problems = []
+    if run["failures"]:
+        problems.append(f"{run['failures']} requests did not get a 200")
+    captured = mode == "modeltel"
+    if captured and run["responses_with_prediction_id"] != run["requests"]:
+        problems.append("some responses lack X-Prediction-ID: capture is not running")
+    if not captured and run["responses_with_prediction_id"]:
+        problems.append("responses carry X-Prediction-ID: modeltel is running")
+    received = run["received"]
+    if received["prediction_events"] != run["expected_events"]:
+        problems.append(
+            f"the OTLP endpoint received {received['prediction_events']} ml.prediction events, "
+            f"expected {run['expected_events']}"
+        )
+    if mode == "none" and received["spans"]:
+        problems.append("spans arrived from the uninstrumented app")
+    if mode != "none" and not received["spans"]:
+        problems.append("no spans arrived: tracing is not exporting")
+    return problems
 
 
 def _median(runs: list[dict[str, Any]], key: str) -> float:
@@ -618,6 +645,8 @@ def report(summary: dict[str, Any], runs: list[dict[str, Any]], args: argparse.N
     from rich.table import Table
 
     console = Console()
+    if not console.is_terminal:  # piped to a file: don't squeeze the tables into 80 columns
+        console = Console(width=150)
     table = Table(
         title=(
             f"SDK overhead: POST /predict, {args.requests} requests x {args.rounds} rounds, "
@@ -711,6 +740,9 @@ def report(summary: dict[str, Any], runs: list[dict[str, Any]], args: argparse.N
         f"{c['prediction_events_expected']} predictions: "
         + ("[green]none dropped[/]" if events_ok else "[red]EVENTS MISSING[/]")
     )
+    for run in runs:
+        for problem in run["problems"]:
+            console.print(f"[red]round {run['round']} {run['mode']}: {problem}[/]")
     met_rps = ratios["throughput_c_over_b"] >= TARGET
     met_cpu = ratios["cpu_c_over_b"] >= TARGET
     for name, met, value in (
@@ -782,12 +814,14 @@ def main(argv: list[str]) -> int:
             "versions": _versions(),
         },
         "target": {"c_over_b": TARGET, "met": met},
+        "valid": not any(run["problems"] for run in runs),
         "summary": summary,
         "runs": runs,
     }
     args.output.write_text(json.dumps(document, indent=2) + "\n")
     print(f"results written to {args.output}", file=sys.stderr)
-    return 0
+    # Not meeting the target is a result; a run that did not measure what it claims is an error.
+    return 1 if any(run["problems"] for run in runs) else 0
 
 
 if __name__ == "__main__":

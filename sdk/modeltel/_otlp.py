@@ -78,10 +78,19 @@ _keys = _KeyCache()
 
 def encode_attributes(attributes: Mapping[str, Any], tag: bytes = b"\x32") -> bytes:
     """Encode a mapping as repeated ``KeyValue`` fields (by default field 6 of ``LogRecord``)."""
-    parts = []
+    parts: list[bytes] = []
+    append = parts.append
     for key, value in attributes.items():
-        keyvalue = _keys[key] + _field(b"\x12", encode_any_value(value))
-        parts.append(tag + _varint(len(keyvalue)) + keyvalue)
+        kind = type(value)
+        # Inline the two commonest shapes; encode_any_value does the rest.
+        if kind is float:
+            keyvalue = _keys[key] + b"\x12\x09\x21" + _pack_double(value)
+        elif kind is str and len(value) < 126 and value.isascii():  # AnyValue under 128 bytes
+            keyvalue = _keys[key] + bytes((0x12, len(value) + 2, 0x0A, len(value))) + value.encode()
+        else:
+            keyvalue = _keys[key] + _field(b"\x12", encode_any_value(value))
+        size = len(keyvalue)
+        append(tag + (_SMALL_VARINTS[size] if size < 128 else _varint(size)) + keyvalue)
     return b"".join(parts)
 
 

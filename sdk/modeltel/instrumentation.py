@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable, Collection
 from typing import Any
 
+import orjson
 from fastapi import FastAPI
 from opentelemetry import trace
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
@@ -118,6 +119,10 @@ def prediction_ids(request_id: str, count: int) -> list[str]:
 def _parse_json(body: bytes, what: str) -> Any:
     if not body:
         raise CaptureError(f"the {what} has no JSON body")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass  # not strict JSON (NaN, integers past 64 bits, lone surrogates): as the app parsed it
     try:
         return json.loads(body)
     except ValueError as error:

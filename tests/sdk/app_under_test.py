@@ -1,7 +1,8 @@
 """A FastAPI app with every route shape the SDK tests need; options come from the environment.
 
 ``MODELTEL_TEST_OPTIONS`` holds ``instrument()`` keyword arguments as JSON;
-``MODELTEL_TEST_INSTRUMENT_TWICE=1`` calls ``instrument`` twice.
+``MODELTEL_TEST_INSTRUMENT_TWICE=1`` calls ``instrument`` twice;
+``MODELTEL_TEST_EXTRACTOR=1`` passes an ``extractor`` that reads the ``/score`` route's shape.
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ def create_app() -> FastAPI:
     options = json.loads(os.environ.get("MODELTEL_TEST_OPTIONS", "{}"))
     options.setdefault("model", "salary")
     options.setdefault("version", "v1")
+    if os.environ.get("MODELTEL_TEST_EXTRACTOR") == "1":
+        options["extractor"] = lambda request, response: [
+            modeltel.Prediction(row["inputs"], out["y"])
+            for row, out in zip(request["rows"], response["out"], strict=True)
+        ]
     modeltel.instrument(app, **options)
     if os.environ.get("MODELTEL_TEST_INSTRUMENT_TWICE") == "1":
         modeltel.instrument(app, **options)
@@ -68,6 +74,10 @@ def create_app() -> FastAPI:
             modeltel.log_prediction({"years": features["years"] + 1}, score(features) + 1000.0),
         ]
         return {"result": "custom shape", "ids": ids}
+
+    @app.post("/predict/score")
+    async def predict_score(body: dict[str, Any]) -> dict[str, Any]:
+        return {"out": [{"y": score(row["inputs"])} for row in body["rows"]]}
 
     @app.post("/classify")
     async def classify(features: dict[str, Any]) -> dict[str, Any]:

@@ -209,3 +209,21 @@ def test_privacy_options(grpc_sink, start_app):
         "ml.feature.user_id": hashlib.sha256(b"pepper42").hexdigest()[:16],
         "ml.feature.notes": "a" * 8,
     }
+
+
+def test_extractor_reads_shapes_the_default_does_not(grpc_sink, start_app):
+    app = start_app(telemetry_env(grpc_sink.endpoint, MODELTEL_TEST_EXTRACTOR="1"))
+
+    response = app.client.post(
+        "/predict/score", json={"rows": [{"inputs": {"years": 1}}, {"inputs": {"years": 2}}]}
+    )
+
+    request_id = response.headers[semconv.PREDICTION_ID_HEADER]
+    events = wait_until(
+        lambda: (e := grpc_sink.consumer.events(semconv.PREDICTION_EVENT)) and len(e) == 2 and e,
+        what="two events",
+    )
+    assert {e.attributes[semconv.PREDICTION_ID]: e.attributes[semconv.PREDICTION_VALUE] for e in events} == {
+        f"{request_id}-0": 31000.0,
+        f"{request_id}-1": 32000.0,
+    }

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import psutil
 from modeltel import semconv
+from modeltel_collector.receivers import GrpcReceiver
+from modeltel_collector.receivers.consumer import ACCEPTED
 
 from tests.conftest import telemetry_env
-from tests.otlp_sink import GrpcSink, free_port, wait_until
+from tests.otlp_sink import GrpcSink, RecordingConsumer, free_port, wait_until
 
 
 def test_sampling_sends_a_share_of_events_but_aggregates_see_every_prediction(grpc_sink, start_app):
@@ -159,3 +162,52 @@ def test_malformed_and_unusual_bodies_never_become_errors(grpc_sink, start_app):
         p.as_int for k, p in dropped.items() if dict(k)[semconv.DROP_REASON] == "capture_error"
     )
     assert capture_errors == 7  # six odd bodies and the text response
+
+
+class _FailingLogs(RecordingConsumer):
+    """A collector whose log pipeline errors for the first requests, then answers slowly."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+        self.slow = threading.Event()
+
+    def consume_logs(self, request):
+        if self.failures > 0:
+            self.failures -= 1
+            raise RuntimeError("the log pipeline is broken")
+        if not self.slow.is_set():
+            self.slow.set()
+            # A stalled pipeline: held past the exporter's 2 s deadline, then lost.
+            threading.Event().wait(3)
+            return ACCEPTED
+        return super().consume_logs(request)
+
+
+def test_collector_erroring_or_slow_requests_still_served_and_every_event_accounted(start_app):
+    consumer = _FailingLogs(failures=2)
+    receiver = GrpcReceiver(consumer, "127.0.0.1:0").start()
+    try:
+        env = telemetry_env(f"http://127.0.0.1:{receiver.port}", OTEL_BLRP_MAX_EXPORT_BATCH_SIZE="20")
+        app = start_app(env)
+        statuses = [app.client.post("/predict", json={"years": i % 5}).status_code for i in range(400)]
+        assert statuses == [200] * 400
+
+        def accounted():
+            exported = sum(
+                p.as_int for p in consumer.latest_points(semconv.SDK_EVENTS_EXPORTED_METRIC).values()
+            )
+            dropped = sum(
+                p.as_int for p in consumer.latest_points(semconv.SDK_EVENTS_DROPPED_METRIC).values()
+            )
+            return exported + dropped == 400 and (exported, dropped)
+
+        exported, dropped = wait_until(accounted, 30, "exported + dropped to account for 400 events")
+        assert dropped > 0
+        reasons = {
+            dict(k)[semconv.DROP_REASON] for k in consumer.latest_points(semconv.SDK_EVENTS_DROPPED_METRIC)
+        }
+        assert reasons == {"export_failed"}  # the two failed batches and the timed-out one
+        assert exported == len(consumer.events(semconv.PREDICTION_EVENT))
+    finally:
+        receiver.stop(0)
