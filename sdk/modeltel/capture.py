@@ -235,11 +235,11 @@ class PredictionRecorder:
                 attributes[semconv.PREDICTION_SCORE] = float(prediction.score)
             self._sink.emit(semconv.PREDICTION_EVENT, attributes, span_context)
 
-    def failed(self, where: str, error: Exception, count: int = 1) -> None:
-        """Count a capture that could not be recorded, and log it once per place and kind."""
-        if count:
-            self._count_dropped(count, "capture_error")
-        key = f"{where}:{type(error).__name__}"
+    def failed(self, what: str, error: Exception, dropped: int = 1) -> None:
+        """Count ``dropped`` predictions that could not be recorded; log once per place and kind."""
+        if dropped:
+            self._count_dropped(dropped, "capture_error")
+        key = f"{what}:{type(error).__name__}"
         if key not in self._logged and len(self._logged) < 1000:
             self._logged.add(key)
-            _logger.warning("modeltel: prediction capture skipped for %s: %s", where, error)
+            _logger.warning("modeltel: %s: %s (logged once)", what, error)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import os
+import zlib
 from collections.abc import Callable, Collection
 from typing import Any
 
@@ -24,8 +24,6 @@ from modeltel.capture import (
 )
 from modeltel.middleware import Exchange, PredictionCaptureMiddleware
 from modeltel.runtime import Runtime, get_runtime
-
-_logger = logging.getLogger("modeltel")
 
 DEFAULT_EXCLUDED_URLS = "/health,/livez,/readyz,/ready,/metrics"
 """Probe and scrape URLs that get no span (``OTEL_PYTHON_FASTAPI_EXCLUDED_URLS`` overrides)."""
@@ -85,7 +83,7 @@ class AppCapture:
         try:
             return str(self._version())
         except Exception as error:  # never fail a request over the version
-            self.recorder.failed("version callable", error, count=0)
+            self.recorder.failed("the version callable failed; reporting 'unknown'", error, dropped=0)
             return "unknown"
 
     def record_exchange(self, exchange: Exchange) -> None:
@@ -96,7 +94,7 @@ class AppCapture:
             span_context = trace.get_current_span().get_span_context()
             self.recorder.record(predictions, ids, self.model, exchange.state.version, span_context)
         except Exception as error:
-            self.recorder.failed(exchange.route, error)
+            self.recorder.failed(f"prediction capture skipped on {exchange.route}", error)
 
     def _predictions(self, exchange: Exchange) -> list[Prediction]:
         if exchange.request_body.overflowed or exchange.response_body.overflowed:
@@ -104,7 +102,7 @@ class AppCapture:
         request = _parse_json(exchange.request_body.getvalue(), "request")
         body = exchange.response_body.getvalue()
         if exchange.response_encoding == b"gzip":
-            body = gzip.decompress(body)
+            body = _gunzip(body, self.max_body_bytes)
         response = _parse_json(body, "response")
         if self._extractor is not None:
             return list(self._extractor(request, response))
@@ -114,6 +112,18 @@ class AppCapture:
 def prediction_ids(request_id: str, count: int) -> list[str]:
     """One prediction keeps the request's id; a batch's are ``<id>-0``, ``<id>-1``..."""
     return [request_id] if count == 1 else [f"{request_id}-{i}" for i in range(count)]
+
+
+def _gunzip(body: bytes, limit: int) -> bytes:
+    """Decompress a gzip body, refusing one that inflates past ``limit`` bytes."""
+    inflater = zlib.decompressobj(wbits=31)
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error as error:
+        raise CaptureError(f"the response is not valid gzip ({error})") from None
+    if len(data) > limit:
+        raise CaptureError(f"the response inflates past max_body_bytes={limit}")
+    return data
 
 
 def _parse_json(body: bytes, what: str) -> Any:

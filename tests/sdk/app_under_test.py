@@ -2,7 +2,8 @@
 
 ``MODELTEL_TEST_OPTIONS`` holds ``instrument()`` keyword arguments as JSON;
 ``MODELTEL_TEST_INSTRUMENT_TWICE=1`` calls ``instrument`` twice;
-``MODELTEL_TEST_EXTRACTOR=1`` passes an ``extractor`` that reads the ``/score`` route's shape.
+``MODELTEL_TEST_EXTRACTOR=1`` passes an ``extractor`` that reads the ``/score`` route's shape;
+``MODELTEL_TEST_GZIP=1`` adds ``GZipMiddleware`` before ``instrument``, so capture sees gzip bodies.
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ from typing import Any
 
 import modeltel
 from fastapi import FastAPI, Request
+from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
 
 def create_app() -> FastAPI:
     app = FastAPI()
+    if os.environ.get("MODELTEL_TEST_GZIP") == "1":
+        app.add_middleware(GZipMiddleware, minimum_size=1)
     options = json.loads(os.environ.get("MODELTEL_TEST_OPTIONS", "{}"))
     options.setdefault("model", "salary")
     options.setdefault("version", "v1")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+
 import pytest
 from modeltel.capture import (
     CaptureError,
@@ -10,6 +12,7 @@ from modeltel.capture import (
     Prediction,
     extract_predictions,
 )
+from modeltel.instrumentation import _gunzip
 
 DEFAULT = CaptureSettings()
 
@@ -100,3 +103,12 @@ def test_sampling_is_decided_by_the_id():
 def test_bad_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         CaptureSettings(**kwargs)
+
+
+def test_gzip_bombs_are_refused():
+    bomb = gzip.compress(b"0" * 10_000_000)
+    with pytest.raises(CaptureError, match="inflates past max_body_bytes=1000000"):
+        _gunzip(bomb, 1_000_000)
+    assert _gunzip(gzip.compress(b'{"a": 1}'), 100) == b'{"a": 1}'
+    with pytest.raises(CaptureError, match="not valid gzip"):
+        _gunzip(b"plain", 100)

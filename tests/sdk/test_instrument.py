@@ -227,3 +227,13 @@ def test_extractor_reads_shapes_the_default_does_not(grpc_sink, start_app):
         f"{request_id}-0": 31000.0,
         f"{request_id}-1": 32000.0,
     }
+
+
+def test_gzip_compressed_responses_are_read(grpc_sink, start_app):
+    app = start_app(telemetry_env(grpc_sink.endpoint, MODELTEL_TEST_GZIP="1"))
+
+    response = app.client.post("/predict", json={"years": 4}, headers={"accept-encoding": "gzip"})
+
+    assert response.headers["content-encoding"] == "gzip"
+    [event] = _one_event(grpc_sink, response.headers[semconv.PREDICTION_ID_HEADER])
+    assert event.attributes[semconv.PREDICTION_VALUE] == 34000.0
