@@ -46,15 +46,12 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: make ``examples`` importable
     sys.path.insert(0, str(ROOT))
 
-from examples.salary.model import YEARS_CLIP  # noqa: E402
 
 MODES = ("none", "otel", "modeltel")
 MODE_LABELS = {
@@ -71,31 +68,6 @@ PREDICTION_EVENT = "ml.prediction"
 # --------------------------------------------------------------------------------------
 # The app, in three modes (runs in the uvicorn process)
 # --------------------------------------------------------------------------------------
-# examples/salary/app.py calls modeltel.instrument() at import, so its models and routes
-# are declared again here, identically, around the same LinearRegressionService.
-
-
-class SalaryFeatures(BaseModel):
-    """One person to predict a salary for (as in examples/salary/app.py)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    years_experience: float = Field(ge=YEARS_CLIP[0], le=YEARS_CLIP[1])
-    education: Literal["high_school", "bachelor", "master", "phd"]
-    role: Literal["analyst", "engineer", "scientist", "manager"]
-    location: Literal["berlin", "london", "new_york", "remote"]
-    hours_per_week: int = Field(ge=20, le=60)
-
-
-class SalaryPrediction(BaseModel):
-    prediction: float
-    model_version: str
-
-
-class BatchItem(BaseModel):
-    prediction: float
-
-
 def _instrument_otel_only(app: Any) -> Any:
     """(b): the providers modeltel would create, and FastAPIInstrumentor configured like it."""
     import logging
@@ -124,6 +96,7 @@ def create_app() -> Any:
     from fastapi import FastAPI
 
     from examples.salary.model import LinearRegressionService
+    from examples.salary.routes import salary_router
 
     mode = os.environ.get("BENCH_MODE", "none")
     if mode not in MODES:
@@ -154,20 +127,7 @@ def create_app() -> Any:
     elif mode == "otel":
         providers = _instrument_otel_only(app)
 
-    @app.post("/predict")
-    async def predict(features: SalaryFeatures) -> SalaryPrediction:
-        (prediction,) = service.predict([features.model_dump()])
-        return SalaryPrediction(prediction=prediction, model_version=service.artifact_version)
-
-    @app.post("/predict/batch")
-    async def predict_batch(instances: list[SalaryFeatures]) -> list[BatchItem]:
-        predictions = service.predict([features.model_dump() for features in instances])
-        return [BatchItem(prediction=prediction) for prediction in predictions]
-
-    @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
-
+    app.include_router(salary_router(service))
     return app
 
 
