@@ -1,0 +1,215 @@
+"""The collector's configuration: one YAML file in the OpenTelemetry Collector's style.
+
+``receivers``, ``processors`` and ``exporters`` each name components with a typed
+config and defaults; ``models`` holds per-model settings. Every key is checked: an
+unknown or misspelt key, or a value of the wrong kind, is refused with a sentence that
+names the key, the value and what would be accepted.
+
+>>> config = parse_config({"processors": {"drift": {"window": "10s"}}})
+>>> config.processors.drift.window
+10.0
+>>> parse_config({"processors": {"drift": {"windw": "10s"}}})
+Traceback (most recent call last):
+...
+modeltel_collector.config.ConfigError: invalid collector configuration:
+  processors.drift.windw: unknown key; known keys: window, warmup, min_samples, alpha, features
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: Any) -> float:
+    """``"30s"``, ``"5m"``, ``"1h"``, ``"7d"``, ``"250ms"`` or a number of seconds, as seconds.
+
+    >>> parse_duration("5m"), parse_duration(90), parse_duration("250ms")
+    (300.0, 90.0, 0.25)
+    """
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string such as 30s, 5m, 1h, 7d")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if match is None:
+            raise ValueError(f"{value!r} is not a duration; use e.g. 30s, 5m, 1h or 7d")
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds <= 0:
+        raise ValueError(f"{value!r} is not a positive duration")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class ConfigError(ValueError):
+    """The configuration has problems; the message lists each one."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GrpcProtocol(_Section):
+    endpoint: str = "0.0.0.0:4317"
+
+
+class HttpProtocol(_Section):
+    endpoint: str = "0.0.0.0:4318"
+
+
+class OtlpProtocols(_Section):
+    grpc: GrpcProtocol | None = GrpcProtocol()
+    http: HttpProtocol | None = HttpProtocol()
+
+
+class OtlpReceiver(_Section):
+    protocols: OtlpProtocols = OtlpProtocols()
+    max_queue_batches: int = Field(1024, gt=0)
+    """Batches waiting for processing; past this, exports get UNAVAILABLE / 429 with a retry delay."""
+
+
+class Receivers(_Section):
+    otlp: OtlpReceiver = OtlpReceiver()
+
+
+class FeatureDrift(_Section):
+    """Per-feature override of the drift decision."""
+
+    method: Literal["default", "psi", "ks", "js", "wasserstein", "chi2"] = "default"
+    threshold: float | None = None
+    """For ``psi``/``js``/``wasserstein``: the value above which the feature drifts;
+    for ``ks``/``chi2``: the p-value below which it drifts."""
+
+
+class DriftProcessor(_Section):
+    window: Duration = 300.0
+    warmup: int = Field(1000, gt=0)
+    """Predictions of a version that form its reference when no reference file exists."""
+    min_samples: int = Field(100, gt=0)
+    """A window with fewer events is not reported (gauges keep the last reported window)."""
+    alpha: float = Field(0.05, gt=0, lt=1)
+    """Significance level before the Bonferroni correction across features."""
+    features: dict[str, FeatureDrift] = {}
+
+
+class PerformanceProcessor(_Section):
+    window: Duration = 300.0
+    label_ttl: Duration = 7 * 86400.0
+    """How long predictions wait for their label, and labels for their prediction."""
+
+
+class ServiceProcessor(_Section):
+    forward_endpoint: str | None = None
+    """OTLP endpoint to forward received traces and metrics to, if any."""
+
+
+class Processors(_Section):
+    drift: DriftProcessor | None = DriftProcessor()
+    performance: PerformanceProcessor | None = PerformanceProcessor()
+    service: ServiceProcessor | None = ServiceProcessor()
+
+
+class PrometheusExporter(_Section):
+    endpoint: str = "0.0.0.0:9464"
+
+
+class OtlpExporter(_Section):
+    endpoint: str
+    protocol: Literal["grpc", "http/protobuf"] = "grpc"
+    headers: dict[str, str] = {}
+
+
+class Exporters(_Section):
+    prometheus: PrometheusExporter | None = PrometheusExporter()
+    otlp: OtlpExporter | None = None
+
+
+class Band(_Section):
+    """An acceptance band: the metric must stay within [min, max]."""
+
+    min: float | None = None
+    max: float | None = None
+
+
+class ModelSettings(_Section):
+    task: Literal["regression", "classification"] | None = None
+    window: Duration | None = None
+    """Overrides the drift and performance window for this model."""
+    reference: Path | None = None
+    """A reference profile built by ``modeltel reference build``, or a CSV/Parquet sample."""
+    features: dict[str, FeatureDrift] = {}
+    acceptance: dict[str, Band] = {}
+    """Acceptance bands per performance metric, e.g. ``rmse: {max: 7000}``."""
+
+
+class CollectorConfig(_Section):
+    receivers: Receivers = Receivers()
+    processors: Processors = Processors()
+    exporters: Exporters = Exporters()
+    models: dict[str, ModelSettings] = {}
+    data_dir: Path = Path("modeltel-data")
+
+
+def _section_at(location: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The config class that the value at ``location`` is validated as, if any."""
+    annotation: Any = CollectorConfig
+    for part in location:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field = annotation.model_fields.get(str(part))
+            if field is None:
+                return None
+            annotation = field.annotation
+        elif getattr(annotation, "__origin__", None) is dict:
+            annotation = annotation.__args__[1]
+        else:
+            return None
+        # ``Section | None``: the section.
+        options = [a for a in getattr(annotation, "__args__", ()) if a is not type(None)]
+        if getattr(annotation, "__origin__", None) is not dict and len(options) == 1:
+            annotation = options[0]
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def _describe(error: Any) -> str:
+    location = ".".join(str(part) for part in error["loc"]) or "the configuration"
+    if error["type"] == "extra_forbidden":
+        section = _section_at(tuple(error["loc"][:-1]))
+        keys = ", ".join(section.model_fields) if section else "none"
+        return f"{location}: unknown key; known keys: {keys}"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{location}: {message} (got {error['input']!r})"
+
+
+def parse_config(data: Any) -> CollectorConfig:
+    """Validate a parsed YAML document; ``None`` (an empty file) gives the defaults."""
+    try:
+        return CollectorConfig.model_validate({} if data is None else data)
+    except ValidationError as error:
+        problems = "\n".join(f"  {_describe(e)}" for e in error.errors())
+        raise ConfigError(f"invalid collector configuration:\n{problems}") from None
+
+
+def load_config(path: Path | None) -> CollectorConfig:
+    """The configuration in ``path``, or the defaults when ``path`` is None."""
+    if path is None:
+        return CollectorConfig()
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"cannot read {path}: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    try:
+        return parse_config(data)
+    except ConfigError as error:
+        raise ConfigError(str(error).replace("configuration:", f"configuration in {path}:", 1)) from None
