@@ -1,4 +1,4 @@
-"""What a receiver hands decoded OTLP requests to."""
+"""What a receiver hands decoded OTLP requests to, and how the consumer answers."""
 
 from __future__ import annotations
 
@@ -14,7 +14,11 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 @dataclass(frozen=True)
 class ExportOutcome:
-    """How many items of a request were rejected, and why (empty when all were used)."""
+    """How many items of a request were rejected, and why (empty when all were used).
+
+    A non-empty ``error_message`` with ``rejected == 0`` is a warning: OTLP still reports it
+    in ``partial_success``.
+    """
 
     rejected: int = 0
     error_message: str = ""
@@ -23,8 +27,36 @@ class ExportOutcome:
 ACCEPTED = ExportOutcome()
 
 
+class Overloaded(Exception):
+    """Raised by a consumer that cannot take the request now (e.g. its bounded queue is full).
+
+    The client is told to retry after ``retry_after_seconds``: gRPC ``UNAVAILABLE`` with a
+    ``google.rpc.RetryInfo``, HTTP 429 with ``Retry-After``.
+    """
+
+    def __init__(self, retry_after_seconds: float = 1.0, message: str = "") -> None:
+        if retry_after_seconds < 0:
+            raise ValueError("retry_after_seconds must not be negative")
+        self.retry_after_seconds = retry_after_seconds
+        self.message = message or (f"the collector is overloaded; retry in {retry_after_seconds:g} seconds")
+        super().__init__(self.message)
+
+
+class InvalidPayload(Exception):
+    """The whole request is permanently unusable (undecodable, malformed): never retry it.
+
+    Receivers raise it for payloads they cannot decode; a consumer may raise it too. Answered
+    with gRPC ``INVALID_ARGUMENT`` / HTTP 400. Records that are merely unusable one by one
+    belong in an :class:`ExportOutcome` instead (a partial success).
+    """
+
+
 class Consumer(Protocol):
-    """Receives every decoded request, whichever transport it came by."""
+    """Receives every decoded request, whichever transport it came by; called from many threads.
+
+    May raise :class:`Overloaded` or :class:`InvalidPayload`; any other exception is a bug,
+    answered with gRPC ``INTERNAL`` / HTTP 500 and logged.
+    """
 
     def consume_logs(self, request: ExportLogsServiceRequest) -> ExportOutcome: ...
 

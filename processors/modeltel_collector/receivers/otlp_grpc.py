@@ -1,32 +1,55 @@
-"""OTLP over gRPC: the three OTLP services on one grpcio server."""
+"""OTLP over gRPC: the three OTLP services on one grpcio server.
+
+Requests arrive as raw bytes (no grpcio deserializer) and are decoded here, so an undecodable
+payload is answered ``INVALID_ARGUMENT`` rather than grpcio's own ``INTERNAL``. gzip (and
+deflate) request compression is handled by grpcio itself.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent import futures
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
-from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
-from opentelemetry.proto.collector.metrics.v1 import (
-    metrics_service_pb2,
-    metrics_service_pb2_grpc,
-)
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from grpc_status import rpc_status
 
-from modeltel_collector.receivers.consumer import Consumer, ExportOutcome, export_response
+from modeltel_collector.receivers.consumer import Consumer, ExportOutcome
+from modeltel_collector.receivers.errors import Failure, failure_for
+from modeltel_collector.receivers.signals import SIGNALS, Signal
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
-def _servicer(
-    base: type, consume: Callable[[Any], ExportOutcome], response_type: Any, rejected_field: str
-) -> Any:
-    """A servicer whose ``Export`` hands the request on and reports partial success."""
+def abort(context: grpc.ServicerContext, failure: Failure) -> NoReturn:
+    """End the call with the failure's code and ``google.rpc.Status``.
 
-    class Servicer(base):  # type: ignore[misc, valid-type]
-        def Export(self, request: Any, context: grpc.ServicerContext) -> Any:
-            return export_response(response_type, rejected_field, consume(request))
+    Besides the standard ``grpc-status-details-bin`` trailer, each detail also travels in its own
+    ``<full name>-bin`` trailer (``google.rpc.retryinfo-bin``), which is where the OpenTelemetry
+    Python exporter looks for ``RetryInfo``.
+    """
+    status = rpc_status.to_status(failure.status())
+    per_detail = tuple(
+        (f"{detail.DESCRIPTOR.full_name.lower()}-bin", detail.SerializeToString())
+        for detail in failure.details
+    )
+    context.set_trailing_metadata(tuple(status.trailing_metadata) + per_detail)
+    context.abort(status.code, status.details)
+    raise AssertionError("unreachable: grpc's abort raises")  # for type checkers
 
-    return Servicer()
+
+def _export_handler(signal: Signal, consume: Callable[[Any], ExportOutcome]) -> grpc.RpcMethodHandler:
+    def export(payload: bytes, context: grpc.ServicerContext) -> Any:
+        try:
+            return signal.export(consume, lambda: signal.decode_protobuf(payload))
+        except Exception as error:
+            abort(context, failure_for(error))
+
+    return grpc.unary_unary_rpc_method_handler(
+        export,
+        request_deserializer=None,  # raw bytes: decoded, and refused, by us
+        response_serializer=lambda response: response.SerializeToString(),
+    )
 
 
 class GrpcReceiver:
@@ -35,34 +58,15 @@ class GrpcReceiver:
     def __init__(self, consumer: Consumer, endpoint: str = "0.0.0.0:4317", max_workers: int = 4) -> None:
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="otlp-grpc"),
-            options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],
+            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
         )
-        logs_service_pb2_grpc.add_LogsServiceServicer_to_server(
-            _servicer(
-                logs_service_pb2_grpc.LogsServiceServicer,
-                consumer.consume_logs,
-                logs_service_pb2.ExportLogsServiceResponse,
-                "rejected_log_records",
-            ),
-            self._server,
-        )
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(
-            _servicer(
-                trace_service_pb2_grpc.TraceServiceServicer,
-                consumer.consume_traces,
-                trace_service_pb2.ExportTraceServiceResponse,
-                "rejected_spans",
-            ),
-            self._server,
-        )
-        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(
-            _servicer(
-                metrics_service_pb2_grpc.MetricsServiceServicer,
-                consumer.consume_metrics,
-                metrics_service_pb2.ExportMetricsServiceResponse,
-                "rejected_data_points",
-            ),
-            self._server,
+        self._server.add_generic_rpc_handlers(
+            tuple(
+                grpc.method_handlers_generic_handler(
+                    signal.grpc_service, {"Export": _export_handler(signal, signal.bind(consumer))}
+                )
+                for signal in SIGNALS
+            )
         )
         self.port = self._server.add_insecure_port(endpoint)
         if self.port == 0:

@@ -1,108 +1,132 @@
-"""OTLP/HTTP with protobuf bodies, optionally gzip: ``/v1/logs``, ``/v1/traces``, ``/v1/metrics``."""
+"""OTLP/HTTP: ``/v1/logs``, ``/v1/traces``, ``/v1/metrics`` with protobuf or JSON bodies, gzip or not.
+
+Bodies are limited to 20 MiB both as sent and after decompression (413 beyond, decided from
+``Content-Length`` before reading when it is given); decompression stops at the limit, so a
+compression bomb is never inflated. Answers use the request's encoding: protobuf for
+``application/x-protobuf``, JSON for ``application/json``.
+"""
 
 from __future__ import annotations
 
-import gzip
 import zlib
 from collections.abc import Callable
 from typing import Any
 
-from google.protobuf.message import DecodeError
-from google.rpc.status_pb2 import Status
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
-    ExportLogsServiceRequest,
-    ExportLogsServiceResponse,
-)
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
-    ExportMetricsServiceRequest,
-    ExportMetricsServiceResponse,
-)
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
+from google.protobuf.message import Message
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from modeltel_collector.receivers.consumer import Consumer, ExportOutcome, export_response
+from modeltel_collector.receivers.consumer import Consumer, ExportOutcome, InvalidPayload
+from modeltel_collector.receivers.errors import (
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    failure_for,
+)
+from modeltel_collector.receivers.otlp_json import decode_json, to_json
+from modeltel_collector.receivers.signals import SIGNALS, Signal
 
 PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
 MAX_BODY_BYTES = 20 * 1024 * 1024
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}  # deflate: zlib-wrapped, per HTTP
 
 
-def _status(code: int, http_status: int, message: str) -> Response:
-    """An error answer: a ``google.rpc.Status`` body, as OTLP/HTTP specifies."""
-    body = Status(code=code, message=message).SerializeToString()
-    return Response(body, status_code=http_status, media_type=PROTOBUF)
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body as sent, refusing one over ``limit`` before reading it when its length is known."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise PayloadTooLarge(f"the body ({length} bytes) exceeds the limit of {limit} bytes")
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise PayloadTooLarge(f"the body exceeds the limit of {limit} bytes")
+    except ClientDisconnect:  # as the Collector does when reading the body fails
+        raise InvalidPayload("the client disconnected before sending the whole body") from None
+    return bytes(body)
+
+
+def inflate(body: bytes, encoding: str, limit: int) -> bytes:
+    """Decompress ``body`` (``gzip``, possibly multi-member, or ``deflate``), never past ``limit``."""
+    inflated = bytearray()
+    pending = body
+    while True:
+        inflater = zlib.decompressobj(_WBITS[encoding])
+        try:
+            while pending:
+                inflated += inflater.decompress(pending, limit + 1 - len(inflated))
+                if len(inflated) > limit:
+                    raise PayloadTooLarge(f"the body exceeds {limit} bytes after decompression")
+                pending = inflater.unconsumed_tail
+            inflated += inflater.flush()  # input exhausted: at most a few bytes remain
+        except zlib.error as error:
+            raise InvalidPayload(f"the body is not valid {encoding}: {error}") from None
+        if len(inflated) > limit:
+            raise PayloadTooLarge(f"the body exceeds {limit} bytes after decompression")
+        if not inflater.eof:
+            raise InvalidPayload(f"the body is truncated {encoding} data")
+        pending = inflater.unused_data
+        if not pending or encoding != "gzip":  # gzip members may follow one another
+            return bytes(inflated)
 
 
 def _endpoint(
-    request_type: Any,
-    response_type: Any,
-    rejected_field: str,
-    consume: Callable[[Any], ExportOutcome],
+    signal: Signal, consume: Callable[[Any], ExportOutcome], limit: int
 ) -> Callable[[Request], Any]:
     async def export(request: Request) -> Response:
-        if request.headers.get("content-type", "").split(";")[0].strip() != PROTOBUF:
-            return _status(3, 415, f"unsupported content type; send {PROTOBUF}")
-        body = await request.body()
-        encoding = request.headers.get("content-encoding", "").lower()
+        media_type = _media_type(request)
+        as_json = media_type == JSON
         try:
-            if encoding == "gzip":
-                body = gzip.decompress(body)
-            elif encoding == "deflate":
-                body = zlib.decompress(body)
-            elif encoding not in ("", "identity"):
-                return _status(3, 415, f"unsupported content-encoding {encoding!r}; use gzip")
-        except (OSError, zlib.error, EOFError) as error:
-            return _status(3, 400, f"the body is not valid {encoding}: {error}")
-        if len(body) > MAX_BODY_BYTES:
-            return _status(8, 413, f"the body exceeds {MAX_BODY_BYTES} bytes after decompression")
-        try:
-            message = request_type.FromString(body)
-        except DecodeError as error:
-            return _status(3, 400, f"the body is not a valid {request_type.__name__}: {error}")
-        response = export_response(response_type, rejected_field, consume(message))
+            if media_type not in (PROTOBUF, JSON):
+                raise UnsupportedMediaType(
+                    f"unsupported Content-Type {media_type!r}; send {PROTOBUF} or {JSON}"
+                )
+            encoding = request.headers.get("content-encoding", "identity").strip().lower() or "identity"
+            if encoding not in ("identity", *_WBITS):
+                raise UnsupportedMediaType(f"unsupported Content-Encoding {encoding!r}; use gzip")
+            body = await _read_body(request, limit)
+
+            def decode() -> Message:
+                payload = body if encoding == "identity" else inflate(body, encoding, limit)
+                if as_json:
+                    return decode_json(signal.request_type, payload)
+                return signal.decode_protobuf(payload)
+
+            response = await run_in_threadpool(signal.export, consume, decode)
+        except Exception as error:
+            failure = failure_for(error)
+            status = failure.status()
+            retry_after = failure.retry_after_header()
+            return Response(
+                to_json(status) if as_json else status.SerializeToString(),
+                status_code=failure.http_status,
+                media_type=JSON if as_json else PROTOBUF,
+                headers={"Retry-After": retry_after} if retry_after is not None else None,
+            )
+        if as_json:
+            return Response(to_json(response), media_type=JSON)
         return Response(response.SerializeToString(), media_type=PROTOBUF)
 
     return export
 
 
-def http_receiver_app(consumer: Consumer) -> Starlette:
+def http_receiver_app(consumer: Consumer, max_body_bytes: int = MAX_BODY_BYTES) -> Starlette:
     """An ASGI app serving the three OTLP/HTTP paths; run it with uvicorn (port 4318)."""
     return Starlette(
         routes=[
             Route(
-                "/v1/logs",
-                _endpoint(
-                    ExportLogsServiceRequest,
-                    ExportLogsServiceResponse,
-                    "rejected_log_records",
-                    consumer.consume_logs,
-                ),
+                signal.http_path,
+                _endpoint(signal, signal.bind(consumer), max_body_bytes),
                 methods=["POST"],
-            ),
-            Route(
-                "/v1/traces",
-                _endpoint(
-                    ExportTraceServiceRequest,
-                    ExportTraceServiceResponse,
-                    "rejected_spans",
-                    consumer.consume_traces,
-                ),
-                methods=["POST"],
-            ),
-            Route(
-                "/v1/metrics",
-                _endpoint(
-                    ExportMetricsServiceRequest,
-                    ExportMetricsServiceResponse,
-                    "rejected_data_points",
-                    consumer.consume_metrics,
-                ),
-                methods=["POST"],
-            ),
+            )
+            for signal in SIGNALS
         ]
     )
