@@ -26,7 +26,7 @@ class PredictionBatch:
     model: str
     version: str
     time_unix_nano: np.ndarray
-    """int64, event time of each row."""
+    """int64, event time of each row (else its observed time, else when it was received)."""
     prediction_ids: np.ndarray
     """object array of ``str``."""
     numeric: dict[str, np.ndarray] = field(default_factory=dict)
@@ -34,7 +34,9 @@ class PredictionBatch:
     prediction: np.ndarray = field(default_factory=lambda: np.empty(0))
     """float64 numeric prediction, NaN where it was not a number."""
     prediction_class: np.ndarray | None = None
-    """object array of the prediction as a string, for classifiers (None if all numeric)."""
+    """object array of the prediction as a string, for classifiers: None unless some row sent
+    a string or bool (``"true"``/``"false"``); numbers in the other rows are written ``"1"``
+    when integral, else ``repr``; None where absent."""
     score: np.ndarray = field(default_factory=lambda: np.empty(0))
     """float64 ``ml.prediction.score``, NaN where absent."""
 
@@ -48,13 +50,13 @@ class LabelBatch:
 
     model: str
     time_unix_nano: np.ndarray
-    """int64, when each label arrived."""
+    """int64, the label event's time (else its observed time, else when it was received)."""
     prediction_ids: np.ndarray
     """object array of ``str``."""
     value: np.ndarray
     """float64 label, NaN where it was not a number."""
     value_class: np.ndarray | None = None
-    """object array of the label as a string, for classifiers (None if all numeric)."""
+    """object array of the label as a string, for classifiers: as ``prediction_class``."""
 
     def __len__(self) -> int:
         return int(self.time_unix_nano.size)
