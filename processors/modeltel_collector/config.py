@@ -74,7 +74,7 @@ class OtlpProtocols(_Section):
 
 class OtlpReceiver(_Section):
     protocols: OtlpProtocols = OtlpProtocols()
-    max_queue_batches: int = Field(1024, gt=0)
+    max_queue_batches: int = Field(default=1024, gt=0)
     """Batches waiting for processing; past this, exports get UNAVAILABLE / 429 with a retry delay."""
 
 
@@ -93,11 +93,11 @@ class FeatureDrift(_Section):
 
 class DriftProcessor(_Section):
     window: Duration = 300.0
-    warmup: int = Field(1000, gt=0)
+    warmup: int = Field(default=1000, gt=0)
     """Predictions of a version that form its reference when no reference file exists."""
-    min_samples: int = Field(100, gt=0)
+    min_samples: int = Field(default=100, gt=0)
     """A window with fewer events is not reported (gauges keep the last reported window)."""
-    alpha: float = Field(0.05, gt=0, lt=1)
+    alpha: float = Field(default=0.05, gt=0, lt=1)
     """Significance level before the Bonferroni correction across features."""
     features: dict[str, FeatureDrift] = {}
 
