@@ -70,9 +70,10 @@ CATEGORIES = {"city": ["paris", "lyon", "nice", "lille", "nantes"], "level": ["j
 # --------------------------------------------------------------------------------------
 def build_pool(batch: int, seed: int = 1) -> list[bytes]:
     """``POOL`` encoded requests of ``batch`` prediction events each."""
+    from opentelemetry.sdk.resources import Resource
+
     from modeltel import semconv
     from modeltel._otlp import LogsRequestFramer, encode_event
-    from opentelemetry.sdk.resources import Resource
 
     rnd = random.Random(seed)
     framer = LogsRequestFramer(
@@ -200,8 +201,9 @@ def decode_iterate(payloads: list[bytes]) -> int:
 
 
 def decode_extract(payloads: list[bytes]) -> int:
-    from modeltel_collector.extract import extract_logs
     from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+    from modeltel_collector.extract import extract_logs
 
     decode = ExportLogsServiceRequest.FromString
     return sum(extract_logs(decode(payload)).prediction_count for payload in payloads)

@@ -72,10 +72,11 @@ def _instrument_otel_only(app: Any) -> Any:
     """(b): the providers modeltel would create, and FastAPIInstrumentor configured like it."""
     import logging
 
-    from modeltel.instrumentation import DEFAULT_EXCLUDED_URLS
-    from modeltel.providers import resolve_providers
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
     from opentelemetry.instrumentation.logging.handler import LoggingHandler
+
+    from modeltel.instrumentation import DEFAULT_EXCLUDED_URLS
+    from modeltel.providers import resolve_providers
 
     os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")
     providers = resolve_providers()

@@ -10,12 +10,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
-from modeltel_collector.otlp_values import any_value, attributes
-from modeltel_collector.receivers import GrpcReceiver, http_receiver_app
-from modeltel_collector.receivers.consumer import ACCEPTED, ExportOutcome
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from modeltel_collector.otlp_values import any_value, attributes
+from modeltel_collector.receivers import GrpcReceiver, http_receiver_app
+from modeltel_collector.receivers.consumer import ACCEPTED, ExportOutcome
 
 
 def free_port() -> int:

@@ -6,9 +6,9 @@ Run it with ``uvicorn examples.salary.app:app``; telemetry goes over OTLP as the
 
 from __future__ import annotations
 
-import modeltel
 from fastapi import FastAPI
 
+import modeltel
 from examples.salary.model import LinearRegressionService
 from examples.salary.routes import salary_router
 

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import httpx
-import modeltel
 import numpy as np
-from modeltel import semconv
 
+import modeltel
 from examples.salary.model import generate
+from modeltel import semconv
 
 Phase = Literal["baseline", "data_drift", "concept_drift"]
 MODEL = "salary"

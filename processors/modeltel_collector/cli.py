@@ -5,12 +5,12 @@ from __future__ import annotations
 try:
     import httpx
     import typer
-    from modeltel import semconv
     from rich.console import Console, Group
     from rich.live import Live
     from rich.table import Table
     from rich.text import Text
 
+    from modeltel import semconv
     from modeltel_collector.demo import (
         WINDOW,
         DemoConsumer,

@@ -54,11 +54,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from modeltel import semconv
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
+from modeltel import semconv
 from modeltel_collector.batch import LabelBatch, PredictionBatch
 from modeltel_collector.receivers.consumer import ExportOutcome
 

@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from modeltel import semconv
-from modeltel_collector.demo import DemoConsumer
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
+from modeltel import semconv
+from modeltel_collector.demo import DemoConsumer
 from tests.otlp_sink import free_port
 
 SCRIPT = Path(sys.executable).with_name("modeltel")

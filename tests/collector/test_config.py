@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from modeltel_collector.config import CollectorConfig, ConfigError, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]

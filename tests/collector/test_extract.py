@@ -10,13 +10,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from modeltel import semconv
-from modeltel._otlp import LogsRequestFramer, encode_event
-from modeltel_collector import extract as extract_module
-from modeltel_collector.batch import LabelBatch, PredictionBatch
-from modeltel_collector.extract import Extraction, extract_logs
-from modeltel_collector.otlp_values import attributes as decode_attributes
-from modeltel_collector.receivers.consumer import ExportOutcome
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import (
     AnyValue,
@@ -28,6 +21,14 @@ from opentelemetry.proto.common.v1.common_pb2 import (
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.sdk.resources import Resource as SdkResource
+
+from modeltel import semconv
+from modeltel._otlp import LogsRequestFramer, encode_event
+from modeltel_collector import extract as extract_module
+from modeltel_collector.batch import LabelBatch, PredictionBatch
+from modeltel_collector.extract import Extraction, extract_logs
+from modeltel_collector.otlp_values import attributes as decode_attributes
+from modeltel_collector.receivers.consumer import ExportOutcome
 
 NOW = 1_800_000_000_000_000_000
 T0 = 1_700_000_000_000_000_000

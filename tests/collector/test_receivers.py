@@ -27,16 +27,6 @@ from google.protobuf.message import DecodeError
 from google.rpc.error_details_pb2 import BadRequest, RetryInfo
 from google.rpc.status_pb2 import Status
 from grpc_status import rpc_status
-from modeltel_collector.otlp_values import any_value, attributes
-from modeltel_collector.receivers import (
-    ExportOutcome,
-    GrpcReceiver,
-    InvalidPayload,
-    Overloaded,
-    http_receiver_app,
-)
-from modeltel_collector.receivers.errors import PayloadTooLarge
-from modeltel_collector.receivers.otlp_http import MAX_BODY_BYTES, inflate
 from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter as GrpcLogExporter
 from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetricExporter
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
@@ -70,6 +60,16 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from modeltel_collector.otlp_values import any_value, attributes
+from modeltel_collector.receivers import (
+    ExportOutcome,
+    GrpcReceiver,
+    InvalidPayload,
+    Overloaded,
+    http_receiver_app,
+)
+from modeltel_collector.receivers.errors import PayloadTooLarge
+from modeltel_collector.receivers.otlp_http import MAX_BODY_BYTES, inflate
 from tests.otlp_sink import RecordingConsumer, free_port, wait_until
 
 PROTOBUF = {"Content-Type": "application/x-protobuf"}

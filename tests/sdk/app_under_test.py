@@ -13,10 +13,11 @@ import logging
 import os
 from typing import Any
 
-import modeltel
 from fastapi import FastAPI, Request
 from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import PlainTextResponse, StreamingResponse
+
+import modeltel
 
 
 def create_app() -> FastAPI:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import modeltel
 from fastapi import FastAPI
 from opentelemetry import _logs, metrics, trace
 from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
@@ -17,6 +16,8 @@ from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+import modeltel
 
 
 def create_app() -> FastAPI:

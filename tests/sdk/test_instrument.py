@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from modeltel import semconv
 
+from modeltel import semconv
 from tests.conftest import telemetry_env
 from tests.otlp_sink import wait_until
 

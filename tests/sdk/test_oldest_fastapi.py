@@ -15,8 +15,8 @@ import venv
 from pathlib import Path
 
 import pytest
-from modeltel import semconv
 
+from modeltel import semconv
 from tests.conftest import ROOT, telemetry_env
 from tests.otlp_sink import wait_until
 

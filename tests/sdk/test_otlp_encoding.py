@@ -7,11 +7,11 @@ import math
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from modeltel._otlp import LogsRequestFramer, encode_event
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.sdk.resources import Resource
 
+from modeltel._otlp import LogsRequestFramer, encode_event
 from tests.otlp_sink import attributes
 
 scalars = st.one_of(

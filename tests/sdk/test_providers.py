@@ -6,9 +6,9 @@ import subprocess
 import sys
 
 import pytest
+
 from modeltel import semconv
 from modeltel.providers import ConfigurationError, exporter_kind, otlp_protocol
-
 from tests.conftest import ROOT, telemetry_env
 from tests.otlp_sink import wait_until
 

@@ -6,10 +6,10 @@ import json
 import threading
 
 import psutil
+
 from modeltel import semconv
 from modeltel_collector.receivers import GrpcReceiver
 from modeltel_collector.receivers.consumer import ACCEPTED
-
 from tests.conftest import telemetry_env
 from tests.otlp_sink import GrpcSink, RecordingConsumer, free_port, wait_until
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from modeltel import semconv
-from modeltel.stats import FOLD_AT, ExponentialHistogramState, FeatureStatistics
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation, View
+
+from modeltel import semconv
+from modeltel.stats import FOLD_AT, ExponentialHistogramState, FeatureStatistics
 
 
 def _sdk_histogram(values: np.ndarray):

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from scipy import optimize
+
 from modeltel_collector.drift import (
     DEFAULT_TV_FLOOR,
     DEFAULT_WASSERSTEIN_FLOOR,
@@ -25,7 +27,6 @@ from modeltel_collector.drift import (
     ReferenceProfile,
     compare,
 )
-from scipy import optimize
 
 Generator = Callable[[np.random.Generator, int], np.ndarray]
 

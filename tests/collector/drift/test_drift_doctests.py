@@ -6,8 +6,9 @@ import doctest
 import importlib
 import pkgutil
 
-import modeltel_collector.drift as drift
 import pytest
+
+import modeltel_collector.drift as drift
 
 MODULES = sorted(f"{drift.__name__}.{info.name}" for info in pkgutil.iter_modules(drift.__path__))
 

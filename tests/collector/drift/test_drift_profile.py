@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy import stats
+
 from modeltel_collector.drift import ModelProfile, ModelProfileBuilder, ProfileBuilder, ReferenceProfile
 from modeltel_collector.drift.columns import CategoryCounter
 from modeltel_collector.drift.moments import Moments
 from modeltel_collector.drift.profile import quantile_edges
 from modeltel_collector.drift.reservoir import Reservoir
-from scipy import stats
 
 
 def test_many_chunks_give_numpy_moments_on_the_whole_data() -> None:

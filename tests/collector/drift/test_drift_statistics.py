@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from scipy import spatial, stats
+
 from modeltel_collector.drift import FeatureWindow, ProfileBuilder, compare
 from modeltel_collector.drift.statistics import (
     DEFAULT_EPS,
@@ -19,7 +21,6 @@ from modeltel_collector.drift.statistics import (
     psi,
     total_variation,
 )
-from scipy import spatial, stats
 
 RNG_SEED = 7
 

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+
 from modeltel_collector.drift import FeatureWindow, ProfileBuilder, ReferenceProfile, compare
 
 

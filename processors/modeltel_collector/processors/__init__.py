@@ -1,0 +1,1 @@
+"""Processor plugins: each turns columnar batches into metrics (entry-point group ``modeltel.processors``)."""
