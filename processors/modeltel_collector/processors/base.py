@@ -9,6 +9,7 @@ restore its state, so a restart loses nothing that was acknowledged.
 
 from __future__ import annotations
 
+import builtins
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -62,7 +63,7 @@ class ProcessorFactory:
     """Builds one kind of processor from its config section."""
 
     type: str
-    config_type: type[BaseModel]
+    config_type: builtins.type[BaseModel]
     create: Callable[[Any, ProcessorContext], Processor]
 
 

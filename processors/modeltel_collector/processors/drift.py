@@ -286,10 +286,10 @@ def _drift_to_dict(drift: FeatureDrift) -> dict[str, Any]:
 def _report_from_dict(data: dict[str, Any] | None) -> _Report | None:
     if data is None:
         return None
-    drift = {
-        name: FeatureDrift(**{k: (math.nan if v is None else v) for k, v in values.items()})
-        for name, values in data["drift"].items()
-    }
+    drift = {}
+    for name, values in data["drift"].items():
+        fields: dict[str, Any] = {k: (math.nan if v is None else v) for k, v in values.items()}
+        drift[name] = FeatureDrift(**fields)
     return _Report(int(data["window_end"]), drift, dict(data["means"]))
 
 
