@@ -11,6 +11,8 @@ try:
     from rich.text import Text
 
     from modeltel import semconv
+    from modeltel_collector.collector import Collector
+    from modeltel_collector.config import CollectorConfig, ConfigError, load_config, parse_duration
     from modeltel_collector.demo import (
         WINDOW,
         DemoConsumer,
@@ -26,6 +28,7 @@ except ModuleNotFoundError as exc:
         "modeltel's command line needs the collector extra: pip install 'modeltel[collector]'"
     ) from exc
 
+import contextlib
 import importlib
 import math
 import os
@@ -85,6 +88,75 @@ def _root(
     ] = False,
 ) -> None:
     """modeltel: ML model monitoring on OpenTelemetry."""
+
+
+# --- collect -----------------------------------------------------------------------
+
+
+def _with_overrides(config: CollectorConfig, data_dir: Path | None, window: float | None) -> CollectorConfig:
+    """The configuration with the command line's ``--data-dir`` and ``--window`` applied."""
+    processors = config.processors
+    if window is not None:
+        updates = {
+            name: section.model_copy(update={"window": window})
+            for name, section in processors
+            if section is not None and "window" in type(section).model_fields
+        }
+        processors = processors.model_copy(update=updates)
+    return config.model_copy(
+        update={"processors": processors, "data_dir": data_dir if data_dir is not None else config.data_dir}
+    )
+
+
+@app.command()
+def collect(
+    config_file: Annotated[
+        Path | None,
+        typer.Option("--config", metavar="FILE", help="Collector configuration (YAML); defaults if omitted."),
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(metavar="DIR", help="Where state lives (default ./modeltel-data).")
+    ] = None,
+    window: Annotated[
+        str | None,
+        typer.Option(
+            metavar="DURATION", help="Drift and performance window, e.g. 10s or 5m (overrides the file)."
+        ),
+    ] = None,
+) -> None:
+    """Run the collector: OTLP in (gRPC :4317, HTTP :4318), model metrics out (Prometheus :9464)."""
+    try:
+        config = _with_overrides(
+            load_config(config_file), data_dir, parse_duration(window) if window is not None else None
+        )
+        collector = Collector(config)
+    except (ConfigError, ValueError) as error:
+        _fail(str(error))
+    stop = threading.Event()
+    with _stop_on_sigterm(stop):
+        try:
+            collector.start()
+        except OSError as error:
+            collector.pipeline.shutdown()
+            _fail(f"cannot listen: {error}")
+        _print_endpoints(config)
+        with contextlib.suppress(KeyboardInterrupt):
+            stop.wait()
+    err_console.print("modeltel collect: stopping (processing what was accepted, saving state)")
+    collector.stop()
+
+
+def _print_endpoints(config: CollectorConfig) -> None:
+    protocols = config.receivers.otlp.protocols
+    lines = [f"modeltel collect: processors {', '.join(n for n, s in config.processors if s is not None)}"]
+    if protocols.grpc is not None:
+        lines.append(f"  OTLP/gRPC  {protocols.grpc.endpoint}")
+    if protocols.http is not None:
+        lines.append(f"  OTLP/HTTP  {protocols.http.endpoint}")
+    if config.exporters.prometheus is not None:
+        lines.append(f"  metrics    http://{config.exporters.prometheus.endpoint}/metrics")
+    lines.append(f"  state      {config.data_dir}")
+    err_console.print("\n".join(lines), highlight=False)
 
 
 # --- demo --------------------------------------------------------------------------

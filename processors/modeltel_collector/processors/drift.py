@@ -75,7 +75,7 @@ class DriftProcessor:
         meter = context.meter
         for name in GAUGES:
             meter.create_observable_gauge(
-                semconv.DRIFT_METRIC_PREFIX + name, callbacks=[self._observer(name)], unit="1"
+                semconv.DRIFT_METRIC_PREFIX + name, callbacks=[self._observer(name)]
             )
         meter.create_observable_gauge(
             semconv.DRIFT_DETECTED_METRIC,

@@ -1,0 +1,141 @@
+"""The collector as a whole: receivers, pipeline, processors and metric exporters from one config."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+from prometheus_client import CollectorRegistry, start_http_server
+
+from modeltel import semconv
+from modeltel_collector.config import CollectorConfig
+from modeltel_collector.pipeline import Pipeline
+from modeltel_collector.processors.base import Processor, ProcessorContext, available_factories
+from modeltel_collector.receivers import GrpcReceiver, http_receiver_app
+
+_logger = logging.getLogger(__name__)
+CHECKPOINT_FILE = "checkpoint.json"
+
+
+def _host_port(endpoint: str) -> tuple[str, int]:
+    host, _, port = endpoint.rpartition(":")
+    return host or "0.0.0.0", int(port)
+
+
+def _otlp_metric_reader(config: CollectorConfig) -> MetricReader | None:
+    otlp = config.exporters.otlp
+    if otlp is None:
+        return None
+    if otlp.protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+    else:
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import (  # type: ignore[assignment]
+            OTLPMetricExporter,
+        )
+    return PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=otlp.endpoint, headers=otlp.headers))
+
+
+class Collector:
+    """Builds and runs everything the configuration names; ``start`` then ``stop``."""
+
+    def __init__(self, config: CollectorConfig) -> None:
+        self.config = config
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self._registry = CollectorRegistry()
+        readers: list[MetricReader] = []
+        if config.exporters.prometheus is not None:
+            readers.append(PrometheusMetricReader(registry=self._registry))
+        if (otlp := _otlp_metric_reader(config)) is not None:
+            readers.append(otlp)
+        self.meter_provider = MeterProvider(
+            resource=Resource.create({"service.name": "modeltel-collector"}), metric_readers=readers
+        )
+        meter = self.meter_provider.get_meter(semconv.SCOPE_NAME)
+        context = ProcessorContext(meter=meter, data_dir=config.data_dir, models=config.models)
+        self.pipeline = Pipeline(
+            self._processors(context), meter, max_queue_batches=config.receivers.otlp.max_queue_batches
+        )
+        self._restore()
+        self._grpc: GrpcReceiver | None = None
+        self._http: uvicorn.Server | None = None
+        self._threads: list[threading.Thread] = []
+        self._prometheus: Any = None
+
+    def _processors(self, context: ProcessorContext) -> dict[str, Processor]:
+        factories = available_factories()
+        processors: dict[str, Processor] = {}
+        for name, section in self.config.processors:
+            if section is None:
+                continue
+            factory = factories.get(name)
+            if factory is None:
+                raise RuntimeError(
+                    f"processor {name!r} is configured but not installed "
+                    f"(installed: {', '.join(sorted(factories)) or 'none'}); reinstall modeltel"
+                )
+            processors[name] = factory.create(section, context)
+        return processors
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.config.data_dir / CHECKPOINT_FILE
+
+    def _restore(self) -> None:
+        if self.checkpoint_path.exists():
+            self.pipeline.restore(json.loads(self.checkpoint_path.read_text()))
+            _logger.info("modeltel: restored state from %s", self.checkpoint_path)
+
+    def save_checkpoint(self) -> None:
+        """Write the processors' state atomically (a crash mid-write keeps the previous one)."""
+        temporary = self.checkpoint_path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(self.pipeline.checkpoint()))
+        os.replace(temporary, self.checkpoint_path)
+
+    def start(self) -> Collector:
+        protocols = self.config.receivers.otlp.protocols
+        if protocols.grpc is not None:
+            self._grpc = GrpcReceiver(self.pipeline, protocols.grpc.endpoint).start()
+        if protocols.http is not None:
+            host, port = _host_port(protocols.http.endpoint)
+            server_config = uvicorn.Config(
+                http_receiver_app(self.pipeline), host=host, port=port, log_level="warning"
+            )
+            self._http = uvicorn.Server(server_config)
+            self._threads.append(threading.Thread(target=self._http.run, name="otlp-http", daemon=True))
+        if self.config.exporters.prometheus is not None:
+            host, port = _host_port(self.config.exporters.prometheus.endpoint)
+            self._prometheus, _ = start_http_server(port, host, registry=self._registry)
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    @property
+    def grpc_port(self) -> int | None:
+        return self._grpc.port if self._grpc is not None else None
+
+    @property
+    def http_started(self) -> bool:
+        return self._http is None or self._http.started
+
+    def stop(self) -> None:
+        """Stop receiving, process what was accepted, save the state, stop exporting."""
+        if self._grpc is not None:
+            self._grpc.stop(grace=5.0)
+        if self._http is not None:
+            self._http.should_exit = True
+        for thread in self._threads:
+            thread.join(10)
+        self.pipeline.shutdown()
+        self.save_checkpoint()
+        if self._prometheus is not None:
+            self._prometheus.shutdown()
+        self.meter_provider.shutdown()
