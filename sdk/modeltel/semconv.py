@@ -27,6 +27,8 @@ TASK_CLASSIFICATION: Final = "classification"
 # Metric attributes (never a prediction id: that is unbounded cardinality).
 FEATURE_NAME: Final = "ml.feature.name"
 FEATURE_CATEGORY: Final = "ml.feature.category"
+PERFORMANCE_METRIC_NAME: Final = "ml.performance.metric"
+"""On ``ml.performance.acceptance``: which metric the band applies to."""
 VALUE_SIGN: Final = "ml.value.sign"
 """``negative`` on histogram points holding magnitudes of negative values (OTel histograms
 take non-negative values only); absent on the points of values >= 0."""

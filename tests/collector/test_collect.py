@@ -24,7 +24,7 @@ def _config(tmp_path: Path) -> tuple[Path, dict[str, int]]:
             "grpc": {"endpoint": f"127.0.0.1:{ports['grpc']}"},
             "http": {"endpoint": f"127.0.0.1:{ports['http']}"},
         }}},
-        "processors": {"drift": {"warmup": 300, "min_samples": 50}, "performance": None, "service": {}},
+        "processors": {"drift": {"warmup": 300, "min_samples": 50}},
         "exporters": {"prometheus": {"endpoint": f"127.0.0.1:{ports['prometheus']}"}},
     }  # fmt: skip
     path = tmp_path / "modeltel.yaml"
