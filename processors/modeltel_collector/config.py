@@ -113,10 +113,18 @@ class ServiceProcessor(_Section):
     """OTLP endpoint to forward received traces and metrics to, if any."""
 
 
+class AuditProcessor(_Section):
+    flush_rows: int = Field(default=50_000, gt=0)
+    """Rows buffered per (model, day) before a Parquet file is written."""
+    flush_interval: Duration = 60.0
+    """Buffered rows are written at least this often (and at every checkpoint)."""
+
+
 class Processors(_Section):
     drift: DriftProcessor | None = DriftProcessor()
     performance: PerformanceProcessor | None = PerformanceProcessor()
     service: ServiceProcessor | None = ServiceProcessor()
+    audit: AuditProcessor | None = AuditProcessor()
 
 
 class PrometheusExporter(_Section):
