@@ -52,7 +52,10 @@ def telemetry_env(endpoint: str, protocol: str = "grpc", **extra: str) -> dict[s
 class AppProcess:
     """``uvicorn`` serving an app factory in a child process, as in production."""
 
-    def __init__(self, target: str, env: dict[str, str], python: str = sys.executable) -> None:
+    def __init__(
+        self, target: str, env: dict[str, str], python: str = sys.executable, factory: bool = True
+    ) -> None:
+        """``target`` is ``module:attribute``: an app factory, or the app itself when not ``factory``."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
@@ -61,7 +64,7 @@ class AppProcess:
                 "-m",
                 "uvicorn",
                 target,
-                "--factory",
+                *(["--factory"] if factory else []),
                 "--port",
                 str(self.port),
                 "--log-level",
@@ -102,8 +105,9 @@ def start_app() -> Iterator[Callable[..., AppProcess]]:
         env: dict[str, str],
         target: str = "tests.sdk.app_under_test:create_app",
         python: str = sys.executable,
+        factory: bool = True,
     ) -> AppProcess:
-        app = AppProcess(target, env, python)
+        app = AppProcess(target, env, python, factory)
         started.append(app)
         return app
 

@@ -8,16 +8,21 @@ it sends each prediction's true salary ``label_delay`` seconds later with
 
     python -m examples.salary.loadgen --url http://127.0.0.1:8000 --rate 50 --duration 60 \\
         --drift-at 20 --concept-drift-at 40 --label-delay 2 --seed 1
+
+``--record FILE`` writes every request's :class:`RequestResult` to ``FILE`` as JSON
+lines, prediction and true salary included, so the monitoring can be checked against them.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import httpx
@@ -42,6 +47,10 @@ class RequestResult:
     prediction_id: str | None
     phase: Phase
     error: str | None = None
+    prediction: float | None = None
+    """The predicted salary the service answered, if it answered."""
+    label: float | None = None
+    """The row's true salary, sent as its label when the request succeeded."""
 
 
 @dataclass
@@ -152,7 +161,7 @@ def run(
             phase = phase_at(elapsed, drift_at, concept_drift_at)
             shift = drift_shift if drift_at is not None and elapsed >= drift_at else 0.0
             rows, salaries = generate(1, rng, shift=shift, concept_drift=phase == "concept_drift")
-            result = _send(client, endpoint, rows[0], phase)
+            result = _send(client, endpoint, rows[0], phase, float(salaries[0]))
             stats.sent += 1
             phases[phase] += 1
             if result.status:
@@ -179,7 +188,9 @@ def run(
     return stats
 
 
-def _send(client: httpx.Client, endpoint: str, row: dict[str, object], phase: Phase) -> RequestResult:
+def _send(
+    client: httpx.Client, endpoint: str, row: dict[str, object], phase: Phase, label: float
+) -> RequestResult:
     timestamp = time.time()
     began = time.perf_counter()
     try:
@@ -192,11 +203,15 @@ def _send(client: httpx.Client, endpoint: str, row: dict[str, object], phase: Ph
             None,
             phase,
             f"{type(error).__name__}: {error}",
+            label=label,
         )
     latency = time.perf_counter() - began
     failure = None if response.is_success else response.text[:200]
     prediction_id = response.headers.get(semconv.PREDICTION_ID_HEADER)
-    return RequestResult(timestamp, latency, response.status_code, prediction_id, phase, failure)
+    prediction = float(response.json()["prediction"]) if response.is_success else None
+    return RequestResult(
+        timestamp, latency, response.status_code, prediction_id, phase, failure, prediction, label
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -212,10 +227,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--label-delay", type=float, default=2.0, help="seconds from prediction to label")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--record", type=Path, default=None, help="write each request as a JSON line here")
     args = parser.parse_args(argv)
 
     stop = threading.Event()
     outcome: list[LoadStats] = []
+    record = args.record.open("w", encoding="utf-8") if args.record is not None else None
+
+    def write(result: RequestResult) -> None:
+        assert record is not None
+        record.write(json.dumps(asdict(result)) + "\n")
 
     def work() -> None:
         outcome.append(
@@ -229,6 +250,7 @@ def main(argv: list[str] | None = None) -> None:
                 label_delay=args.label_delay,
                 seed=args.seed,
                 stop=stop,
+                on_result=write if record is not None else None,
             )
         )
 
@@ -242,6 +264,8 @@ def main(argv: list[str] | None = None) -> None:
         worker.join()
     finally:
         modeltel.force_flush()
+        if record is not None:
+            record.close()
     if not outcome:
         raise SystemExit("the load generator failed (see the traceback above)")
     print(outcome[0])

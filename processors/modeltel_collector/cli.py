@@ -10,19 +10,23 @@ try:
     from rich.table import Table
     from rich.text import Text
 
-    from modeltel import semconv
     from modeltel_collector.collector import Collector
-    from modeltel_collector.config import CollectorConfig, ConfigError, load_config, parse_duration
+    from modeltel_collector.commands.labels import app as labels_app
+    from modeltel_collector.commands.reference import app as reference_app
+    from modeltel_collector.config import (
+        CollectorConfig,
+        ConfigError,
+        load_config,
+        parse_config,
+        parse_duration,
+    )
     from modeltel_collector.demo import (
-        WINDOW,
-        DemoConsumer,
-        FeatureStats,
         LoadSnapshot,
         LoadStats,
         LoadTally,
-        TelemetrySnapshot,
+        QualitySnapshot,
+        quality_snapshot,
     )
-    from modeltel_collector.receivers import GrpcReceiver
 except ModuleNotFoundError as exc:
     raise SystemExit(
         "modeltel's command line needs the collector extra: pip install 'modeltel[collector]'"
@@ -52,6 +56,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+app.add_typer(reference_app, name="reference")
+app.add_typer(labels_app, name="labels")
 err_console = Console(stderr=True)
 
 LOCALHOST = "127.0.0.1"
@@ -172,8 +178,11 @@ class DemoOptions:
     concept_drift_at: float
     drift_shift: float
     label_delay: float
+    window: float
     app_port: int
     otlp_port: int
+    metrics_port: int
+    data_dir: Path | None
     seed: int
 
     @property
@@ -201,18 +210,33 @@ def demo(
     label_delay: Annotated[
         float, typer.Option(min=0, metavar="SECONDS", help="Delay from prediction to its label.")
     ] = 2.0,
+    window: Annotated[
+        str, typer.Option(metavar="DURATION", help="Drift and performance window of the collector.")
+    ] = "10s",
     app_port: Annotated[int, typer.Option(min=1, max=65535, metavar="PORT", help="Example app port.")] = 8000,
     otlp_port: Annotated[
-        int, typer.Option(min=1, max=65535, metavar="PORT", help="Port of the demo's OTLP/gRPC receiver.")
+        int, typer.Option(min=1, max=65535, metavar="PORT", help="The collector's OTLP/gRPC port.")
     ] = 4317,
+    metrics_port: Annotated[
+        int, typer.Option(min=1, max=65535, metavar="PORT", help="The collector's Prometheus port.")
+    ] = 9464,
+    data_dir: Annotated[
+        Path | None, typer.Option(metavar="DIR", help="Keep the collector's state here (default: temporary).")
+    ] = None,
     seed: Annotated[int, typer.Option(metavar="INT", help="Seed of the synthetic traffic.")] = 0,
 ) -> None:
-    """Run the instrumented example app under load, with drift, and watch its telemetry arrive."""
+    """Run the collector, the instrumented example app and a load generator with drift; watch the result."""
+    try:
+        window_s = parse_duration(window)
+    except ValueError as error:
+        _fail(f"--window: {error}")
     options = DemoOptions(
-        duration, rate, drift_at, concept_drift_at, drift_shift, label_delay, app_port, otlp_port, seed
-    )
+        duration, rate, drift_at, concept_drift_at, drift_shift, label_delay, window_s,
+        app_port, otlp_port, metrics_port, data_dir, seed,
+    )  # fmt: skip
     root = _source_root()
     _ensure_free(otlp_port, "--otlp-port")
+    _ensure_free(metrics_port, "--metrics-port")
     _ensure_free(app_port, "--app-port")
     # The labels this process sends must reach the demo receiver: configure OTLP before
     # anything creates modeltel's providers (on the first log_label).
@@ -221,13 +245,14 @@ def demo(
 
     # From the source checkout, at run time (it is no part of the installed package).
     loadgen = importlib.import_module("examples.salary.loadgen")
-    consumer = DemoConsumer()
     console = Console()
-    console.print(f"modeltel demo: starting the example app on {options.app_url} ...")
-    with _receiver(consumer, otlp_port), _example_app(root, options) as example:
-        load = _run_load(loadgen.run, options, consumer, example, console)
+    console.print(f"modeltel demo: starting the collector and the example app on {options.app_url} ...")
+    with _embedded_collector(options) as collector, _example_app(root, options) as example:
+        load = _run_load(loadgen.run, options, collector, example, console)
         modeltel.force_flush(10_000)
-    console.print(_view("summary", options, load, consumer.snapshot()))
+        collector.pipeline.drain()
+        final = quality_snapshot(collector)
+    console.print(_view("summary", options, load, final))
 
 
 def _source_root() -> Path:
@@ -281,16 +306,32 @@ def _configure_this_process(root: Path, options: DemoOptions) -> None:
 
 
 @contextmanager
-def _receiver(consumer: DemoConsumer, port: int) -> Iterator[GrpcReceiver]:
-    """The demo's OTLP/gRPC receiver, stopped on exit."""
-    try:
-        receiver = GrpcReceiver(consumer, f"{LOCALHOST}:{port}").start()
-    except OSError as error:
-        _fail(f"{error}; pick another port with --otlp-port")
-    try:
-        yield receiver
-    finally:
-        receiver.stop()
+def _embedded_collector(options: DemoOptions) -> Iterator[Collector]:
+    """The collector in this process: OTLP/gRPC in, Prometheus out, state in a temporary folder."""
+    warmup = max(50, int(options.rate * min(options.drift_at, options.concept_drift_at) * 0.5))
+    settings = {
+        "receivers": {
+            "otlp": {"protocols": {"grpc": {"endpoint": f"{LOCALHOST}:{options.otlp_port}"}, "http": None}}
+        },
+        "processors": {
+            "drift": {"window": options.window, "warmup": warmup, "min_samples": 30},
+            "performance": {"window": options.window},
+        },
+        "exporters": {"prometheus": {"endpoint": f"{LOCALHOST}:{options.metrics_port}"}},
+        "models": {"salary": {"task": "regression", "acceptance": {"rmse": {"max": 7000}}}},
+    }  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="modeltel-demo-") as temporary:
+        settings["data_dir"] = str(options.data_dir or temporary)
+        collector = Collector(parse_config(settings))
+        try:
+            collector.start()
+        except OSError as error:
+            collector.pipeline.shutdown()
+            _fail(f"the collector cannot listen: {error}")
+        try:
+            yield collector
+        finally:
+            collector.stop()
 
 
 class ExampleApp:
@@ -375,7 +416,7 @@ def _stop_on_sigterm(stop: threading.Event) -> Iterator[None]:
 def _run_load(
     run: Callable[..., LoadStats],
     options: DemoOptions,
-    consumer: DemoConsumer,
+    collector: Collector,
     example: ExampleApp,
     console: Console,
 ) -> LoadSnapshot:
@@ -405,7 +446,7 @@ def _run_load(
             done.set()
 
     def view() -> Group:
-        return _view("live", options, tally.snapshot(), consumer.snapshot())
+        return _view("live", options, tally.snapshot(), quality_snapshot(collector))
 
     threading.Thread(target=work, name="modeltel-demo-load", daemon=True).start()
     with _stop_on_sigterm(stop), Live(view(), console=console, auto_refresh=False, transient=True) as live:
@@ -463,34 +504,30 @@ def _load_table(load: LoadSnapshot) -> Table:
     )
 
 
-def _telemetry_table(telemetry: TelemetrySnapshot) -> Table:
+def _quality_table(quality: QualitySnapshot | None) -> Table:
+    if quality is None:
+        return _pairs("model quality", [("reference", "warming up ...")])
+    metrics = quality.performance
     return _pairs(
-        "telemetry received",
+        f"model quality (version {quality.version})",
         [
-            ("spans received", f"{telemetry.spans:,} ({telemetry.server_spans:,} server)"),
-            ("prediction events", f"{telemetry.predictions:,}"),
-            ("labels received", f"{telemetry.labels:,} ({telemetry.labels_joined:,} joined)"),
-            ("recent RMSE", _number(telemetry.rmse, 0)),
-            ("metric data points", f"{telemetry.metric_points:,}"),
-            ("log records", f"{telemetry.log_records:,}"),
+            ("RMSE", _number(metrics.get("rmse", math.nan), 0)),
+            ("MAE", _number(metrics.get("mae", math.nan), 0)),
+            ("R2", _number(metrics.get("r2", math.nan), 3)),
+            ("features drifting", f"{sum(f.drifted for f in quality.features)} / {len(quality.features)}"),
         ],
     )
 
 
-def _shift(stats: FeatureStats) -> str:
-    if stats.baseline_count < WINDOW:
-        return f"[dim]baseline {stats.baseline_count}/{WINDOW}[/]"
-    return "-" if math.isnan(stats.shift) else f"{stats.shift:+.2f}"
-
-
-def _features_table(telemetry: TelemetrySnapshot) -> Table:
-    title = f"numeric features ({semconv.PREDICTION_EVENT} events)"
-    table = Table(title=title, title_justify="left")
+def _features_table(quality: QualitySnapshot | None) -> Table:
+    table = Table(title="drift per feature (latest closed window)", title_justify="left")
     table.add_column("feature", style="bold")
-    for heading in ("baseline mean", "recent mean", "shift (baseline sd)"):
+    for heading in ("PSI", "KS p-value", "effect", "drift"):
         table.add_column(heading, justify="right")
-    for name, stats in telemetry.features.items():
-        table.add_row(name, _number(stats.baseline_mean), _number(stats.recent_mean), _shift(stats))
+    for row in quality.features if quality is not None else []:
+        flag = "[bold red]yes[/]" if row.drifted else "no"
+        pvalue = "-" if math.isnan(row.ks_pvalue) else f"{row.ks_pvalue:.1e}"
+        table.add_row(row.name, _number(row.psi, 3), pvalue, _number(row.effect, 3), flag)
     return table
 
 
@@ -508,26 +545,16 @@ def _header(title: str, options: DemoOptions, load: LoadSnapshot) -> Text:
     )
 
 
-def _view(
-    title: str,
-    options: DemoOptions,
-    load: LoadSnapshot,
-    telemetry: TelemetrySnapshot,
-) -> Group:
-    """The demo's screen: load, telemetry received, per-feature shift and a note."""
+def _view(title: str, options: DemoOptions, load: LoadSnapshot, quality: QualitySnapshot | None) -> Group:
+    """The demo's screen: load, model quality, drift per feature, and where the metrics are."""
     side_by_side = Table.grid(padding=(0, 2))
-    side_by_side.add_row(_load_table(load), _telemetry_table(telemetry))
+    side_by_side.add_row(_load_table(load), _quality_table(quality))
     note = Text(
-        f"telemetry: OTLP gRPC at {LOCALHOST}:{options.otlp_port}; the collector (drift, "
-        "accuracy, Prometheus metrics) arrives with `modeltel collect`",
+        f"metrics: http://{LOCALHOST}:{options.metrics_port}/metrics (ml_drift_*, ml_performance_*); "
+        f"OTLP in at {LOCALHOST}:{options.otlp_port}; windows of {options.window:g} s",
         style="dim",
     )
-    return Group(
-        _header(title, options, load),
-        side_by_side,
-        _features_table(telemetry),
-        note,
-    )
+    return Group(_header(title, options, load), side_by_side, _features_table(quality), note)
 
 
 if __name__ == "__main__":

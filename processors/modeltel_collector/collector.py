@@ -21,6 +21,7 @@ from modeltel_collector.config import CollectorConfig
 from modeltel_collector.pipeline import Pipeline
 from modeltel_collector.processors.base import Processor, ProcessorContext, available_factories
 from modeltel_collector.receivers import GrpcReceiver, http_receiver_app
+from modeltel_collector.store import Store
 
 _logger = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.json"
@@ -60,7 +61,10 @@ class Collector:
             resource=Resource.create({"service.name": "modeltel-collector"}), metric_readers=readers
         )
         meter = self.meter_provider.get_meter(semconv.SCOPE_NAME)
-        context = ProcessorContext(meter=meter, data_dir=config.data_dir, models=config.models)
+        self.store = Store(config.data_dir)
+        context = ProcessorContext(
+            meter=meter, data_dir=config.data_dir, models=config.models, store=self.store
+        )
         self.pipeline = Pipeline(
             self._processors(context), meter, max_queue_batches=config.receivers.otlp.max_queue_batches
         )
@@ -101,6 +105,8 @@ class Collector:
         os.replace(temporary, self.checkpoint_path)
 
     def start(self) -> Collector:
+        config_hash = self.store.record_config(self.config)
+        _logger.info("modeltel: applying configuration %s", config_hash[:12])
         protocols = self.config.receivers.otlp.protocols
         if protocols.grpc is not None:
             self._grpc = GrpcReceiver(self.pipeline, protocols.grpc.endpoint).start()
@@ -139,3 +145,4 @@ class Collector:
         if self._prometheus is not None:
             self._prometheus.shutdown()
         self.meter_provider.shutdown()
+        self.store.close()

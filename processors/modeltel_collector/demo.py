@@ -1,214 +1,70 @@
-"""What ``modeltel demo`` tallies: the telemetry its receiver gets and the load it sends.
+"""What ``modeltel demo`` shows: the load it sends and what the embedded collector computes.
 
-A stand-in until the collector proper exists: counts, per-feature means against a
-baseline and a recent-window RMSE of predictions joined to their labels.
+:class:`LoadTally` collects the load generator's results; :func:`quality_snapshot`
+reads the collector's drift and performance processors for the live table.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 import threading
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
-    ExportMetricsServiceRequest,
-)
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
-from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from modeltel import semconv
-from modeltel_collector.otlp_values import attributes
-from modeltel_collector.receivers.consumer import ACCEPTED, ExportOutcome
+from modeltel_collector.collector import Collector
 
-WINDOW = 200
-"""Values per recent window, and values making up a feature's baseline."""
-MAX_PENDING = 20_000
-"""Predictions (or early labels) kept waiting for their counterpart; the oldest go first."""
+LATENCY_WINDOW = 200
+"""Requests the latency percentiles are computed over."""
 RATE_WINDOW_S = 5.0
+MODEL = "salary"
 
 
-def as_number(value: Any) -> float | None:
-    """``value`` as a finite float when it is a real number (not a bool), else None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+@dataclass(frozen=True)
+class FeatureRow:
+    """One feature in the latest closed drift window."""
+
+    name: str
+    psi: float
+    ks_pvalue: float
+    effect: float
+    """Normalised Wasserstein (numeric) or total variation (categorical)."""
+    drifted: bool
+
+
+@dataclass(frozen=True)
+class QualitySnapshot:
+    """The collector's view of the example model: drift per feature and accuracy."""
+
+    version: str
+    features: list[FeatureRow]
+    performance: dict[str, float]
+
+
+def _finite(value: float) -> float:
+    return value if math.isfinite(value) else math.nan
+
+
+def quality_snapshot(collector: Collector) -> QualitySnapshot | None:
+    """The latest drift and performance of the example model, or None before any window."""
+    drift: Any = collector.pipeline.processors.get("drift")
+    performance: Any = collector.pipeline.processors.get("performance")
+    versions = [version for model, version in drift.versions() if model == MODEL] if drift else []
+    if not versions:
         return None
-    number = float(value)
-    return number if math.isfinite(number) else None
-
-
-class _Bounded(OrderedDict[str, float]):
-    """A dict that forgets its oldest entries beyond ``MAX_PENDING``."""
-
-    def put(self, key: str, value: float) -> None:
-        self[key] = value
-        if len(self) > MAX_PENDING:
-            self.popitem(last=False)
-
-
-@dataclass(frozen=True)
-class FeatureStats:
-    """A numeric feature now against its baseline (its first ``WINDOW`` values)."""
-
-    baseline_count: int
-    baseline_mean: float
-    baseline_std: float
-    recent_mean: float
-
-    @property
-    def shift(self) -> float:
-        """How far the recent mean moved, in baseline standard deviations.
-
-        nan while the baseline is incomplete or constant.
-        """
-        if self.baseline_count < WINDOW or not self.baseline_std:
-            return math.nan
-        return (self.recent_mean - self.baseline_mean) / self.baseline_std
-
-
-class FeatureWindow:
-    """The first ``WINDOW`` values of a feature (its baseline) and the last ``WINDOW``."""
-
-    def __init__(self) -> None:
-        self._baseline: list[float] = []
-        self._recent: deque[float] = deque(maxlen=WINDOW)
-
-    def add(self, value: float) -> None:
-        if len(self._baseline) < WINDOW:
-            self._baseline.append(value)
-        self._recent.append(value)
-
-    def stats(self) -> FeatureStats:
-        return FeatureStats(
-            len(self._baseline),
-            statistics.fmean(self._baseline),
-            statistics.pstdev(self._baseline),
-            statistics.fmean(self._recent),
+    version = versions[-1]
+    rows = []
+    for name, result in sorted(drift.latest(MODEL, version).items()):
+        effect = result.wasserstein if math.isfinite(result.wasserstein) else result.tv
+        row = FeatureRow(
+            name, _finite(result.psi), _finite(result.ks_pvalue), _finite(effect), result.drifted
         )
-
-
-@dataclass(frozen=True)
-class TelemetrySnapshot:
-    """What the demo receiver has seen so far."""
-
-    spans: int
-    server_spans: int
-    predictions: int
-    labels: int
-    labels_joined: int
-    metric_points: int
-    log_records: int
-    rmse: float
-    """Root mean squared error of the last ``WINDOW`` joined labels (nan before any)."""
-    features: dict[str, FeatureStats]
-
-
-class DemoConsumer:
-    """A receiver :class:`~modeltel_collector.receivers.Consumer` tallying what arrives; thread-safe."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counts: Counter[str] = Counter()
-        self._features: dict[str, FeatureWindow] = {}
-        self._predictions = _Bounded()
-        self._early_labels = _Bounded()
-        self._squared_errors: deque[float] = deque(maxlen=WINDOW)
-
-    def consume_traces(self, request: ExportTraceServiceRequest) -> ExportOutcome:
-        spans = [
-            span
-            for resource_spans in request.resource_spans
-            for scope_spans in resource_spans.scope_spans
-            for span in scope_spans.spans
-        ]
-        server = sum(span.kind == Span.SpanKind.SPAN_KIND_SERVER for span in spans)
-        with self._lock:
-            self._counts.update(spans=len(spans), server_spans=server)
-        return ACCEPTED
-
-    def consume_metrics(self, request: ExportMetricsServiceRequest) -> ExportOutcome:
-        points = 0
-        for resource_metrics in request.resource_metrics:
-            for scope_metrics in resource_metrics.scope_metrics:
-                for metric in scope_metrics.metrics:
-                    kind = metric.WhichOneof("data")
-                    if kind is not None:
-                        points += len(getattr(metric, kind).data_points)
-        with self._lock:
-            self._counts["metric_points"] += points
-        return ACCEPTED
-
-    def consume_logs(self, request: ExportLogsServiceRequest) -> ExportOutcome:
-        for resource_logs in request.resource_logs:
-            for scope_logs in resource_logs.scope_logs:
-                for record in scope_logs.log_records:
-                    self._consume_record(record)
-        return ACCEPTED
-
-    def _consume_record(self, record: LogRecord) -> None:
-        name = record.event_name
-        attrs = attributes(record.attributes) if name else {}
-        with self._lock:
-            self._counts["log_records"] += 1
-            if name == semconv.PREDICTION_EVENT:
-                self._on_prediction(attrs)
-            elif name == semconv.LABEL_EVENT:
-                self._on_label(attrs)
-
-    def _on_prediction(self, attrs: dict[str, Any]) -> None:
-        self._counts["predictions"] += 1
-        for key, value in attrs.items():
-            number = as_number(value)
-            if key.startswith(semconv.FEATURE_PREFIX) and number is not None:
-                feature = key.removeprefix(semconv.FEATURE_PREFIX)
-                self._features.setdefault(feature, FeatureWindow()).add(number)
-        prediction_id = attrs.get(semconv.PREDICTION_ID)
-        prediction = as_number(attrs.get(semconv.PREDICTION_VALUE))
-        if not isinstance(prediction_id, str) or prediction is None:
-            return
-        label = self._early_labels.pop(prediction_id, None)
-        if label is None:
-            self._predictions.put(prediction_id, prediction)
-        else:
-            self._join(prediction, label)
-
-    def _on_label(self, attrs: dict[str, Any]) -> None:
-        self._counts["labels"] += 1
-        prediction_id = attrs.get(semconv.PREDICTION_ID)
-        label = as_number(attrs.get(semconv.LABEL_VALUE))
-        if not isinstance(prediction_id, str) or label is None:
-            return
-        prediction = self._predictions.pop(prediction_id, None)
-        if prediction is None:  # the label came first (or twice): wait for the prediction
-            self._early_labels.put(prediction_id, label)
-        else:
-            self._join(prediction, label)
-
-    def _join(self, prediction: float, label: float) -> None:
-        self._counts["labels_joined"] += 1
-        self._squared_errors.append((prediction - label) ** 2)
-
-    def snapshot(self) -> TelemetrySnapshot:
-        with self._lock:
-            counts = dict(self._counts)
-            errors = list(self._squared_errors)
-            features = {name: window.stats() for name, window in sorted(self._features.items())}
-        return TelemetrySnapshot(
-            spans=counts.get("spans", 0),
-            server_spans=counts.get("server_spans", 0),
-            predictions=counts.get("predictions", 0),
-            labels=counts.get("labels", 0),
-            labels_joined=counts.get("labels_joined", 0),
-            metric_points=counts.get("metric_points", 0),
-            log_records=counts.get("log_records", 0),
-            rmse=math.sqrt(statistics.fmean(errors)) if errors else math.nan,
-            features=features,
-        )
+        rows.append(row)
+    metrics = performance.latest(MODEL, version) if performance is not None else {}
+    return QualitySnapshot(version, rows, dict(metrics))
 
 
 class RequestResult(Protocol):
@@ -280,7 +136,7 @@ class LoadTally:
         self._counts: Counter[str] = Counter()
         self._phases: Counter[str] = Counter()
         self._phase = "baseline"
-        self._latencies: deque[float] = deque(maxlen=WINDOW)
+        self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self._done_at: deque[float] = deque()
         self._started = time.monotonic()
 

@@ -92,6 +92,13 @@ class Pipeline:
             self._rejected.add(extraction.rejected, {"signal": "logs"})
         return extraction.outcome
 
+    def consume_labels(self, batches: list[LabelBatch]) -> None:
+        """Labels from ``POST /v1/labels``: all of them queued, or :class:`Overloaded`."""
+        self._enqueue(batches)
+        accepted = sum(len(batch) for batch in batches)
+        if accepted:
+            self._accepted.add(accepted, {"signal": "labels"})
+
     def consume_traces(self, request: ExportTraceServiceRequest) -> ExportOutcome:
         self._enqueue([request])
         spans = sum(len(s.spans) for r in request.resource_spans for s in r.scope_spans)

@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from modeltel_collector.batch import LabelBatch, PredictionBatch
 from modeltel_collector.config import ModelSettings
+from modeltel_collector.store import Store
 
 ENTRY_POINT_GROUP = "modeltel.processors"
 
@@ -36,6 +37,8 @@ class ProcessorContext:
     models: Mapping[str, ModelSettings] = field(default_factory=dict)
     clock: Callable[[], int] = time.time_ns
     """Now, in Unix nanoseconds (tests pass a controllable clock)."""
+    store: Store | None = None
+    """Versioned state (reference profiles, configuration versions); ``None`` when not kept."""
 
 
 class Processor(Protocol):

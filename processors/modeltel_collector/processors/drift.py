@@ -1,7 +1,9 @@
 """The drift processor: per model version and feature, tumbling windows against a reference.
 
-The reference of a version is its first ``warmup`` predictions (a reference built from
-a training sample with ``modeltel reference build`` comes with the collector's store).
+The reference of a version is the profile stored for it in the collector's store (built
+from a training sample with ``modeltel reference build``), looked up when the version is
+first seen; without one, it is the version's first ``warmup`` predictions, and that
+profile is saved to the store in turn (versioned by content hash, kept across restarts).
 Windows are tumbling in event time (``window`` seconds, per model overridable); when a
 window closes with at least ``min_samples`` events, every feature is compared with its
 reference (:func:`modeltel_collector.drift.detector.compare`) and the results become the
@@ -12,6 +14,7 @@ count in the current window.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -29,6 +32,7 @@ from modeltel_collector.drift.profile import ModelProfile, ModelProfileBuilder
 from modeltel_collector.drift.window import FeatureWindow
 from modeltel_collector.processors.base import ProcessorContext, ProcessorFactory
 
+_logger = logging.getLogger(__name__)
 _NS = 1_000_000_000
 GAUGES = (
     "psi", "kl", "js", "hellinger", "ks.statistic", "ks.pvalue", "wasserstein",
@@ -106,9 +110,31 @@ class DriftProcessor:
     def _state(self, model: str, version: str) -> _VersionState:
         state = self._versions.get((model, version))
         if state is None:
-            state = _VersionState(model, version, self._window_ns(model))
+            state = _VersionState(
+                model, version, self._window_ns(model), self._stored_reference(model, version)
+            )
             self._versions[(model, version)] = state
         return state
+
+    def _stored_reference(self, model: str, version: str) -> ModelProfile | None:
+        """The profile stored for the version, if any (a store that fails means warmup)."""
+        store = self._context.store
+        if store is None:
+            return None
+        try:
+            return store.load_profile(model, version)
+        except Exception:
+            _logger.exception("modeltel: cannot load the reference of %s %s; warming up", model, version)
+            return None
+
+    def _save_reference(self, profile: ModelProfile) -> None:
+        store = self._context.store
+        if store is None:
+            return
+        try:
+            store.save_profile(profile)
+        except Exception:
+            _logger.exception("modeltel: cannot save the reference of %s %s", profile.model, profile.version)
 
     def process_predictions(self, batch: PredictionBatch) -> None:
         state = self._state(batch.model, batch.version)
@@ -142,6 +168,7 @@ class DriftProcessor:
                 builder.update(chunk)
             state.reference = builder.build()
             state.warmup = []
+            self._save_reference(state.reference)
         return used
 
     def _update(self, state: _VersionState, columns: Mapping[str, np.ndarray], rows: int) -> None:
@@ -214,6 +241,10 @@ class DriftProcessor:
             if state.report is not None:
                 for feature, mean in state.report.means.items():
                     yield Observation(mean, _attributes(model, version, feature))
+
+    def versions(self) -> list[tuple[str, str]]:
+        """The (model, version) pairs seen, in the order they first arrived."""
+        return list(self._versions)
 
     def latest(self, model: str, version: str) -> dict[str, FeatureDrift]:
         """Drift per feature in the latest reported window of a version (empty before one)."""

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+if TYPE_CHECKING:
+    from modeltel_collector.batch import LabelBatch
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,17 @@ class Consumer(Protocol):
     def consume_traces(self, request: ExportTraceServiceRequest) -> ExportOutcome: ...
 
     def consume_metrics(self, request: ExportMetricsServiceRequest) -> ExportOutcome: ...
+
+
+@runtime_checkable
+class LabelConsumer(Protocol):
+    """Optional for a :class:`Consumer`: takes labels already validated and batched (``POST /v1/labels``).
+
+    The OTLP/HTTP receiver serves ``/v1/labels`` only when its consumer has this method. It
+    takes all the batches of a request or none, raising :class:`Overloaded` when it cannot.
+    """
+
+    def consume_labels(self, batches: list[LabelBatch]) -> None: ...
 
 
 def export_response(response_type: Any, rejected_field: str, outcome: ExportOutcome) -> Any:

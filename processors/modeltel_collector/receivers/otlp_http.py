@@ -19,7 +19,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from modeltel_collector.receivers.consumer import Consumer, ExportOutcome, InvalidPayload
+from modeltel_collector.receivers.consumer import Consumer, ExportOutcome, InvalidPayload, LabelConsumer
 from modeltel_collector.receivers.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
@@ -119,14 +119,13 @@ def _endpoint(
 
 
 def http_receiver_app(consumer: Consumer, max_body_bytes: int = MAX_BODY_BYTES) -> Starlette:
-    """An ASGI app serving the three OTLP/HTTP paths; run it with uvicorn (port 4318)."""
-    return Starlette(
-        routes=[
-            Route(
-                signal.http_path,
-                _endpoint(signal, signal.bind(consumer), max_body_bytes),
-                methods=["POST"],
-            )
-            for signal in SIGNALS
-        ]
-    )
+    """An ASGI app serving the three OTLP/HTTP paths, and ``/v1/labels`` if the consumer takes labels."""
+    from modeltel_collector.receivers.labels_http import labels_route  # it imports this module
+
+    routes = [
+        Route(signal.http_path, _endpoint(signal, signal.bind(consumer), max_body_bytes), methods=["POST"])
+        for signal in SIGNALS
+    ]
+    if isinstance(consumer, LabelConsumer):
+        routes.append(labels_route(consumer.consume_labels, max_body_bytes))
+    return Starlette(routes=routes)

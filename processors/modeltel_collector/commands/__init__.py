@@ -1,0 +1,1 @@
+"""Sub-commands of the ``modeltel`` command line, one typer app per module."""

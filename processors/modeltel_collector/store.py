@@ -1,0 +1,242 @@
+"""The collector's versioned state in SQLite (WAL): reference profiles and configuration versions.
+
+One file, ``<data_dir>/modeltel.sqlite``, shared by the running collector and the
+command line (``modeltel reference build`` writes profiles the collector reads):
+
+``reference_profiles``
+    every reference profile ever saved, one row per ``(model, version, hash)`` where
+    ``hash`` is :meth:`ModelProfile.content_hash`; saving the same profile again adds
+    nothing (``created_at`` is when it was first saved);
+``current_profiles``
+    the profile in use per ``(model, version)``: the one saved last (saving an older
+    profile again makes it current again);
+``config_versions``
+    every collector configuration applied, keyed by the sha256 of its canonical JSON,
+    with when it was first and last applied.
+
+Times are stored as ISO-8601 UTC strings with microseconds. The store is safe to use
+from several threads (one connection behind a lock) and from several processes (WAL
+mode, with a busy timeout).
+
+Examples
+--------
+>>> import tempfile
+>>> import numpy as np
+>>> from modeltel_collector.drift.profile import ModelProfileBuilder
+>>> builder = ModelProfileBuilder("salary", "1.0")
+>>> builder.update({"years": np.array([1.0, 5.0, 9.0])})
+>>> profile = builder.build()
+>>> with tempfile.TemporaryDirectory() as tmp, Store(Path(tmp)) as store:
+...     digest = store.save_profile(profile)
+...     again = store.save_profile(profile)
+...     loaded = store.load_profile("salary", "1.0")
+...     rows = len(store.profile_history("salary", "1.0"))
+>>> digest == again == loaded.content_hash() == profile.content_hash(), rows
+(True, 1)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from modeltel_collector.config import CollectorConfig
+from modeltel_collector.drift.profile import ModelProfile, canonical_json
+
+FILE_NAME = "modeltel.sqlite"
+BUSY_TIMEOUT_S = 30.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS reference_profiles (
+    model TEXT NOT NULL,
+    version TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    profile TEXT NOT NULL,
+    PRIMARY KEY (model, version, hash)
+);
+CREATE TABLE IF NOT EXISTS current_profiles (
+    model TEXT NOT NULL,
+    version TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    set_at TEXT NOT NULL,
+    PRIMARY KEY (model, version),
+    FOREIGN KEY (model, version, hash) REFERENCES reference_profiles (model, version, hash)
+);
+CREATE TABLE IF NOT EXISTS config_versions (
+    hash TEXT PRIMARY KEY,
+    first_applied_at TEXT NOT NULL,
+    last_applied_at TEXT NOT NULL,
+    config TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class ProfileRecord:
+    """One stored reference profile (without its body)."""
+
+    model: str
+    version: str
+    hash: str
+    created_at: datetime
+    current: bool
+
+
+@dataclass(frozen=True)
+class ConfigVersion:
+    """One configuration version the collector applied."""
+
+    hash: str
+    first_applied_at: datetime
+    last_applied_at: datetime
+    config: dict[str, Any]
+
+
+def config_hash(config: CollectorConfig) -> str:
+    """sha256 (hex) of the canonical JSON of ``config.model_dump(mode="json")``.
+
+    Examples
+    --------
+    >>> config_hash(CollectorConfig()) == config_hash(CollectorConfig.model_validate({}))
+    True
+    >>> config_hash(CollectorConfig()) == config_hash(CollectorConfig(data_dir=Path("elsewhere")))
+    False
+
+    """
+    return hashlib.sha256(canonical_json(config.model_dump(mode="json"))).hexdigest()
+
+
+def _timestamp(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="microseconds")
+
+
+class Store:
+    """Reference profiles and configuration versions in ``data_dir/modeltel.sqlite``.
+
+    Parameters
+    ----------
+    data_dir
+        The collector's data directory (created if missing).
+    clock
+        Now, in Unix seconds (tests pass a controllable clock).
+    """
+
+    def __init__(self, data_dir: Path, *, clock: Callable[[], float] = time.time) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.path = data_dir / FILE_NAME
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._connection = sqlite3.connect(
+            self.path, timeout=BUSY_TIMEOUT_S, check_same_thread=False, isolation_level=None
+        )
+        self._connection.execute("PRAGMA journal_mode=WAL")
+        self._connection.execute("PRAGMA synchronous=NORMAL")
+        self._connection.executescript(_SCHEMA)
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection (the store is unusable afterwards)."""
+        with self._lock:
+            self._connection.close()
+
+    def _now(self) -> str:
+        return _timestamp(self._clock())
+
+    # Reference profiles ------------------------------------------------------------------
+
+    def save_profile(self, profile: ModelProfile) -> str:
+        """Store ``profile`` (once per content hash) and make it current; return its hash."""
+        digest = profile.content_hash()
+        now = self._now()
+        body = canonical_json(profile.to_dict()).decode()
+        with self._lock, self._connection as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(
+                "INSERT OR IGNORE INTO reference_profiles (model, version, hash, created_at, profile)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (profile.model, profile.version, digest, now, body),
+            )
+            db.execute(
+                "INSERT INTO current_profiles (model, version, hash, set_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (model, version) DO UPDATE SET hash = excluded.hash, set_at = excluded.set_at",
+                (profile.model, profile.version, digest, now),
+            )
+        return digest
+
+    def load_profile(self, model: str, version: str, hash: str | None = None) -> ModelProfile | None:
+        """The current profile of ``(model, version)`` (or the one with ``hash``); ``None`` if absent."""
+        if hash is None:
+            query = (
+                "SELECT p.profile FROM current_profiles c JOIN reference_profiles p"
+                " USING (model, version, hash) WHERE c.model = ? AND c.version = ?"
+            )
+            parameters: tuple[str, ...] = (model, version)
+        else:
+            query = "SELECT profile FROM reference_profiles WHERE model = ? AND version = ? AND hash = ?"
+            parameters = (model, version, hash)
+        with self._lock:
+            row = self._connection.execute(query, parameters).fetchone()
+        return None if row is None else ModelProfile.from_dict(json.loads(row[0]))
+
+    def profile_history(self, model: str, version: str) -> list[ProfileRecord]:
+        """The profiles stored for ``(model, version)``, oldest first."""
+        with self._lock:
+            rows = self._connection.execute(
+                "SELECT p.hash, p.created_at, c.hash IS NOT NULL FROM reference_profiles p"
+                " LEFT JOIN current_profiles c USING (model, version, hash)"
+                " WHERE p.model = ? AND p.version = ? ORDER BY p.created_at, p.hash",
+                (model, version),
+            ).fetchall()
+        return [
+            ProfileRecord(model, version, digest, datetime.fromisoformat(created), bool(current))
+            for digest, created, current in rows
+        ]
+
+    # Configuration versions ----------------------------------------------------------------
+
+    def record_config(self, config: CollectorConfig) -> str:
+        """Record that ``config`` is applied now; return its hash (see :func:`config_hash`)."""
+        data = config.model_dump(mode="json")
+        body = canonical_json(data)
+        digest = hashlib.sha256(body).hexdigest()
+        now = self._now()
+        with self._lock, self._connection as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(
+                "INSERT INTO config_versions (hash, first_applied_at, last_applied_at, config)"
+                " VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (hash) DO UPDATE SET last_applied_at = excluded.last_applied_at",
+                (digest, now, now, body.decode()),
+            )
+        return digest
+
+    def config_history(self) -> list[ConfigVersion]:
+        """Every configuration version applied, by the time it was first applied."""
+        with self._lock:
+            rows = self._connection.execute(
+                "SELECT hash, first_applied_at, last_applied_at, config FROM config_versions"
+                " ORDER BY first_applied_at, hash"
+            ).fetchall()
+        return [
+            ConfigVersion(
+                digest, datetime.fromisoformat(first), datetime.fromisoformat(last), json.loads(body)
+            )
+            for digest, first, last, body in rows
+        ]
