@@ -108,7 +108,7 @@ class RecordingConsumer:
         """Every data point of a metric, in arrival order, with its attributes."""
         with self._lock:
             requests = list(self.metrics)
-        points = []
+        points: list[tuple[dict[str, Any], Any]] = []
         for request in requests:
             for resource_metrics in request.resource_metrics:
                 for scope_metrics in resource_metrics.scope_metrics:

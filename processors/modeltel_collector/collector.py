@@ -8,16 +8,18 @@ import os
 import threading
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import uvicorn
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry, start_http_server
+from pydantic import ValidationError
 
 from modeltel import semconv
-from modeltel_collector.config import CollectorConfig
+from modeltel_collector.config import CollectorConfig, ConfigError
 from modeltel_collector.pipeline import Pipeline
 from modeltel_collector.processors.base import Processor, ProcessorContext, available_factories
 from modeltel_collector.receivers import GrpcReceiver, http_receiver_app
@@ -25,6 +27,7 @@ from modeltel_collector.store import Store
 
 _logger = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.json"
+OTLP_HTTP_METRICS_PATH = "/v1/metrics"
 
 
 def _host_port(endpoint: str) -> tuple[str, int]:
@@ -32,17 +35,41 @@ def _host_port(endpoint: str) -> tuple[str, int]:
     return host or "0.0.0.0", int(port)
 
 
+def otlp_http_metrics_url(endpoint: str) -> str:
+    """The OTLP/HTTP metrics URL for a configured endpoint: a base URL gets ``/v1/metrics``.
+
+    As the OpenTelemetry Collector's ``otlphttp`` exporter, ``endpoint`` is the base URL
+    of the receiver; one that already ends in ``/v1/metrics`` is used as it is.
+
+    >>> otlp_http_metrics_url("http://otel-collector:4318")
+    'http://otel-collector:4318/v1/metrics'
+    >>> otlp_http_metrics_url("https://example.com/otlp/")
+    'https://example.com/otlp/v1/metrics'
+    >>> otlp_http_metrics_url("http://localhost:4318/v1/metrics")
+    'http://localhost:4318/v1/metrics'
+    """
+    parts = urlsplit(endpoint)
+    if parts.path.rstrip("/").endswith(OTLP_HTTP_METRICS_PATH):
+        return endpoint
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + OTLP_HTTP_METRICS_PATH))
+
+
 def _otlp_metric_reader(config: CollectorConfig) -> MetricReader | None:
+    """A reader pushing the metrics to ``exporters.otlp`` every ``OTEL_METRIC_EXPORT_INTERVAL`` ms
+    (60 s by default), or None when no OTLP exporter is configured."""
     otlp = config.exporters.otlp
     if otlp is None:
         return None
+    exporter: MetricExporter
     if otlp.protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as Grpc
+
+        exporter = Grpc(endpoint=otlp.endpoint, headers=otlp.headers)
     else:
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import (  # type: ignore[assignment]
-            OTLPMetricExporter,
-        )
-    return PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=otlp.endpoint, headers=otlp.headers))
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as Http
+
+        exporter = Http(endpoint=otlp_http_metrics_url(otlp.endpoint), headers=otlp.headers)
+    return PeriodicExportingMetricReader(exporter)
 
 
 class Collector:
@@ -75,6 +102,7 @@ class Collector:
         self._prometheus: Any = None
 
     def _processors(self, context: ProcessorContext) -> dict[str, Processor]:
+        """One processor per configured section, built by the installed factory of that name."""
         factories = available_factories()
         processors: dict[str, Processor] = {}
         for name, section in self.config.processors:
@@ -82,10 +110,19 @@ class Collector:
                 continue
             factory = factories.get(name)
             if factory is None:
-                raise RuntimeError(
-                    f"processor {name!r} is configured but not installed "
-                    f"(installed: {', '.join(sorted(factories)) or 'none'}); reinstall modeltel"
+                raise ConfigError(
+                    f"processors.{name}: no such processor is installed "
+                    f"(installed: {', '.join(sorted(factories)) or 'none'})"
                 )
+            if not isinstance(section, factory.config_type):  # a plugin's section: validate it now
+                try:
+                    section = factory.config_type.model_validate(section)
+                except ValidationError as error:
+                    problems = "; ".join(
+                        f"processors.{name}.{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                        for e in error.errors()
+                    )
+                    raise ConfigError(f"invalid collector configuration: {problems}") from None
             processors[name] = factory.create(section, context)
         return processors
 

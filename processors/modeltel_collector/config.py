@@ -94,7 +94,8 @@ class FeatureDrift(_Section):
 class DriftProcessor(_Section):
     window: Duration = 300.0
     warmup: int = Field(default=1000, gt=0)
-    """Predictions of a version that form its reference when no reference file exists."""
+    """Predictions of a version that form its reference when the store holds no profile for it
+    (profiles come from ``modeltel reference build --data-dir``)."""
     min_samples: int = Field(default=100, gt=0)
     """A window with fewer events is not reported (gauges keep the last reported window)."""
     alpha: float = Field(default=0.05, gt=0, lt=1)
@@ -121,6 +122,11 @@ class AuditProcessor(_Section):
 
 
 class Processors(_Section):
+    """The built-in processors, typed here; a plugin's section (any other key) is validated
+    against its factory's config type when the collector starts."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
     drift: DriftProcessor | None = DriftProcessor()
     performance: PerformanceProcessor | None = PerformanceProcessor()
     service: ServiceProcessor | None = ServiceProcessor()
@@ -132,7 +138,11 @@ class PrometheusExporter(_Section):
 
 
 class OtlpExporter(_Section):
+    """Push the metrics over OTLP (every ``OTEL_METRIC_EXPORT_INTERVAL`` ms, 60 s by default)."""
+
     endpoint: str
+    """``grpc``: e.g. ``http://otel-collector:4317``; ``http/protobuf``: the base URL, e.g.
+    ``http://otel-collector:4318`` (``/v1/metrics`` is appended unless already there)."""
     protocol: Literal["grpc", "http/protobuf"] = "grpc"
     headers: dict[str, str] = {}
 
@@ -153,8 +163,6 @@ class ModelSettings(_Section):
     task: Literal["regression", "classification"] | None = None
     window: Duration | None = None
     """Overrides the drift and performance window for this model."""
-    reference: Path | None = None
-    """A reference profile built by ``modeltel reference build``, or a CSV/Parquet sample."""
     features: dict[str, FeatureDrift] = {}
     acceptance: dict[str, Band] = {}
     """Acceptance bands per performance metric, e.g. ``rmse: {max: 7000}``."""

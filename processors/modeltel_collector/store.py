@@ -1,4 +1,4 @@
-"""The collector's versioned state in SQLite (WAL): reference profiles and configuration versions.
+"""The collector's versioned state in SQLite (WAL): reference profiles, window history, configurations.
 
 One file, ``<data_dir>/modeltel.sqlite``, shared by the running collector and the
 command line (``modeltel reference build`` writes profiles the collector reads):
@@ -10,6 +10,11 @@ command line (``modeltel reference build`` writes profiles the collector reads):
 ``current_profiles``
     the profile in use per ``(model, version)``: the one saved last (saving an older
     profile again makes it current again);
+``window_history``
+    the results of every window a processor reported, one row per ``(model, version,
+    processor, window_start_unix_nano)``: the window's end, its metrics as JSON (what
+    they are is up to the processor) and when they were last recorded; recording a window
+    again replaces its row (a late label updates a performance window);
 ``config_versions``
     every collector configuration applied, keyed by the sha256 of its canonical JSON,
     with when it was first and last applied.
@@ -39,6 +44,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sqlite3
 import threading
 import time
@@ -72,6 +78,16 @@ CREATE TABLE IF NOT EXISTS current_profiles (
     PRIMARY KEY (model, version),
     FOREIGN KEY (model, version, hash) REFERENCES reference_profiles (model, version, hash)
 );
+CREATE TABLE IF NOT EXISTS window_history (
+    model TEXT NOT NULL,
+    version TEXT NOT NULL,
+    processor TEXT NOT NULL,
+    window_start_unix_nano INTEGER NOT NULL,
+    window_end_unix_nano INTEGER NOT NULL,
+    metrics TEXT NOT NULL,
+    recorded_at TEXT NOT NULL,
+    PRIMARY KEY (model, version, processor, window_start_unix_nano)
+);
 CREATE TABLE IF NOT EXISTS config_versions (
     hash TEXT PRIMARY KEY,
     first_applied_at TEXT NOT NULL,
@@ -102,6 +118,30 @@ class ConfigVersion:
     config: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class WindowRecord:
+    """The recorded results of one window of one processor for one model version."""
+
+    model: str
+    version: str
+    processor: str
+    window_start_unix_nano: int
+    window_end_unix_nano: int
+    metrics: dict[str, Any]
+    recorded_at: datetime
+
+
+def _finite(data: Any) -> Any:
+    """``data`` with every non-finite float replaced by ``None`` (JSON has no NaN)."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {str(key): _finite(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(value) for value in data]
+    return data
+
+
 def config_hash(config: CollectorConfig) -> str:
     """sha256 (hex) of the canonical JSON of ``config.model_dump(mode="json")``.
 
@@ -121,7 +161,7 @@ def _timestamp(seconds: float) -> str:
 
 
 class Store:
-    """Reference profiles and configuration versions in ``data_dir/modeltel.sqlite``.
+    """Reference profiles, window history and configuration versions in ``data_dir/modeltel.sqlite``.
 
     Parameters
     ----------
@@ -207,6 +247,73 @@ class Store:
         return [
             ProfileRecord(model, version, digest, datetime.fromisoformat(created), bool(current))
             for digest, created, current in rows
+        ]
+
+    # Window history ------------------------------------------------------------------------
+
+    def record_window(
+        self,
+        model: str,
+        version: str,
+        processor: str,
+        window_start_unix_nano: int,
+        window_end_unix_nano: int,
+        metrics: dict[str, Any],
+    ) -> None:
+        """Record a window's results, replacing what was recorded for the same window before.
+
+        Non-finite floats in ``metrics`` are stored as ``null``.
+        """
+        body = canonical_json(_finite(metrics)).decode()
+        with self._lock:
+            self._connection.execute(
+                "INSERT INTO window_history (model, version, processor, window_start_unix_nano,"
+                " window_end_unix_nano, metrics, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (model, version, processor, window_start_unix_nano) DO UPDATE SET"
+                " window_end_unix_nano = excluded.window_end_unix_nano, metrics = excluded.metrics,"
+                " recorded_at = excluded.recorded_at",
+                (
+                    model,
+                    version,
+                    processor,
+                    int(window_start_unix_nano),
+                    int(window_end_unix_nano),
+                    body,
+                    self._now(),
+                ),
+            )
+
+    def window_history(
+        self,
+        model: str,
+        version: str | None = None,
+        processor: str | None = None,
+        since: int | None = None,
+    ) -> list[WindowRecord]:
+        """The windows recorded for ``model`` (optionally one version, one processor, and only
+        windows ending after ``since`` Unix nanoseconds), by window start, version, processor."""
+        query = (
+            "SELECT model, version, processor, window_start_unix_nano, window_end_unix_nano, metrics,"
+            " recorded_at FROM window_history WHERE model = ?"
+        )
+        parameters: list[Any] = [model]
+        if version is not None:
+            query += " AND version = ?"
+            parameters.append(version)
+        if processor is not None:
+            query += " AND processor = ?"
+            parameters.append(processor)
+        if since is not None:
+            query += " AND window_end_unix_nano > ?"
+            parameters.append(int(since))
+        query += " ORDER BY window_start_unix_nano, version, processor"
+        with self._lock:
+            rows = self._connection.execute(query, parameters).fetchall()
+        return [
+            WindowRecord(
+                model, version, processor, int(start), int(end), json.loads(body), datetime.fromisoformat(at)
+            )
+            for model, version, processor, start, end, body, at in rows
         ]
 
     # Configuration versions ----------------------------------------------------------------

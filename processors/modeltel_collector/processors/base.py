@@ -38,7 +38,8 @@ class ProcessorContext:
     clock: Callable[[], int] = time.time_ns
     """Now, in Unix nanoseconds (tests pass a controllable clock)."""
     store: Store | None = None
-    """Versioned state (reference profiles, configuration versions); ``None`` when not kept."""
+    """Versioned state (reference profiles, window history, configuration versions); ``None`` when
+    not kept."""
 
 
 class Processor(Protocol):

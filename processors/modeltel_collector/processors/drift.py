@@ -9,7 +9,10 @@ window closes with at least ``min_samples`` events, every feature is compared wi
 reference (:func:`modeltel_collector.drift.detector.compare`) and the results become the
 ``ml.drift.*`` gauges, which keep reporting that window until the next one closes: a
 pause in traffic neither removes nor resets them. Events older than the current window
-count in the current window.
+count in the current window. Every reported window is also recorded in the store's
+window history (processor ``"drift"``) as ``{"n": events, "features": {feature:
+FeatureDrift.gauges()}, "means": {feature: mean}}``; a store that fails is logged and
+processing goes on.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ GAUGES = (
     "chi2.statistic", "chi2.pvalue", "tv", "missing_share",
 )  # fmt: skip
 """``ml.drift.<name>`` gauges, besides ``ml.drift.detected``."""
+HISTORY_PROCESSOR = "drift"
+"""The processor name of drift windows in the store's window history."""
 
 
 def _columns(batch: PredictionBatch) -> dict[str, np.ndarray]:
@@ -204,8 +209,31 @@ class DriftProcessor:
                     means[name] = float(window.moments.mean)
             assert state.window_index is not None
             state.report = _Report((state.window_index + 1) * state.window_ns, drift, means)
+            self._record_window(state, state.rows)
         state.rows = 0
         state.windows = {}
+
+    def _record_window(self, state: _VersionState, rows: int) -> None:
+        """Add the version's just-reported window to the store's window history."""
+        store, report = self._context.store, state.report
+        if store is None or report is None:
+            return
+        metrics = {
+            "n": rows,
+            "features": {name: drift.gauges() for name, drift in report.drift.items()},
+            "means": report.means,
+        }
+        try:
+            store.record_window(
+                state.model,
+                state.version,
+                HISTORY_PROCESSOR,
+                report.window_end - state.window_ns,
+                report.window_end,
+                metrics,
+            )
+        except Exception:
+            _logger.exception("modeltel: cannot record a drift window of %s %s", state.model, state.version)
 
     def tick(self, now_unix_nano: int) -> None:
         for state in self._versions.values():

@@ -42,10 +42,16 @@ vanish nor reset while traffic pauses. ``ml.labels.joined`` is an observable cou
 the pairs joined per series, kept in the checkpoint, so it stays cumulative across
 restarts. ``ml.performance.acceptance`` is 1 when the latest value of a metric given an
 acceptance band in the model settings lies within it, else 0.
+
+Every ``tick`` (and at shutdown) the windows that joined pairs since the previous one are
+recorded in the store's window history (processor ``"performance"``) as ``{"n": pairs,
+**metrics}``, replacing the window's earlier row, so a late label updates the history too;
+a store that fails is logged and processing goes on.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from array import array
@@ -87,6 +93,10 @@ AUC_SAMPLE_CAP = 100_000
 """(score, label) pairs kept per window for the ROC AUC (9 bytes each)."""
 PROBABILITY_EPS = 1e-15
 LABELS_FILE = "labels.sqlite"
+HISTORY_PROCESSOR = "performance"
+"""The processor name of performance windows in the store's window history."""
+
+_logger = logging.getLogger(__name__)
 
 _BINARY_CLASS_SETS = ({"0", "1"}, {"false", "true"})
 _POSITIVE = {"1", "true"}
@@ -317,6 +327,8 @@ class PerformanceProcessor:
         self._lock = threading.Lock()
         self._series: dict[tuple[str, str], _Series] = {}
         self._tasks: dict[str, str] = {}
+        self._changed: set[tuple[str, str, int]] = set()
+        """Windows ``(model, version, start)`` that joined pairs since they were last recorded."""
         meter = context.meter
         for metric in METRICS:
             meter.create_observable_gauge(
@@ -400,6 +412,7 @@ class PerformanceProcessor:
                     window = self._window(series, int(start), limit)
                     if window is not None:
                         self._update(window, task, pairs, rows)
+                        self._changed.add((model, str(version), int(start)))
 
     @staticmethod
     def _window(series: _Series, start: int, limit: int) -> WindowStats | None:
@@ -433,7 +446,9 @@ class PerformanceProcessor:
             window.add_classification(predicted, actual, pairs.score[rows])
 
     def tick(self, now_unix_nano: int) -> None:
-        """Expire the label store; drop windows ended before the TTL (each series keeps its latest)."""
+        """Record changed windows; expire the label store; drop windows ended before the TTL
+        (each series keeps its latest)."""
+        self._record_changed()
         self.store.expire(now_unix_nano)
         cutoff = now_unix_nano - int(self.config.label_ttl * 1e9)
         with self._lock:
@@ -442,6 +457,26 @@ class PerformanceProcessor:
                 latest = max(series.windows, default=None)
                 for start in [s for s in series.windows if s + width < cutoff and s != latest]:
                     del series.windows[start]
+
+    def _record_changed(self) -> None:
+        """Write the windows changed since the last call to the store's window history."""
+        with self._lock:
+            changed, self._changed = self._changed, set()
+            records = []
+            for model, version, start in sorted(changed):
+                series = self._series.get((model, version))
+                window = series.windows.get(start) if series is not None else None
+                if window is not None:
+                    metrics = {"n": window.n, **window.metrics(self.task(model))}
+                    records.append((model, version, start, start + self.window_nanos(model), metrics))
+        history = self.context.store
+        if history is None:
+            return
+        for model, version, start, end, metrics in records:
+            try:
+                history.record_window(model, version, HISTORY_PROCESSOR, start, end, metrics)
+            except Exception:
+                _logger.exception("modeltel: cannot record a performance window of %s %s", model, version)
 
     # Reading.
 
@@ -522,6 +557,7 @@ class PerformanceProcessor:
                 )
 
     def shutdown(self) -> None:
+        self._record_changed()
         self.store.close()
 
 
