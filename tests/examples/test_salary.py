@@ -10,7 +10,6 @@ os.environ["OTEL_METRICS_EXPORTER"] = "none"
 os.environ["OTEL_LOGS_EXPORTER"] = "none"
 
 import re
-import socket
 import threading
 import time
 from collections import Counter
@@ -30,6 +29,7 @@ from examples.salary.model import (
     design_matrix,
     generate,
 )
+from tests.otlp_sink import free_port, wait_until
 
 
 def rmse(service: LinearRegressionService, rows: list[dict], truth: np.ndarray) -> float:
@@ -176,23 +176,14 @@ def test_health(client: TestClient) -> None:
 # --- load generator ----------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server_url(app_module: ModuleType) -> Iterator[str]:
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app_module.app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive(), "the server thread ended before starting"
-        assert time.monotonic() < deadline, "the server did not start within 10 s"
-        time.sleep(0.01)
+    wait_until(lambda: server.started or not thread.is_alive(), 10, "the example server to start")
+    assert thread.is_alive(), "the server thread ended before starting"
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
