@@ -172,6 +172,29 @@ class LabelStore:
 
         A prediction id already stored (waiting or joined) is ignored: the first one wins.
         """
+        [pairs] = self.add_prediction_batches([batch])
+        return pairs
+
+    def add_prediction_batches(self, batches: Sequence[PredictionBatch]) -> list[JoinedPairs]:
+        """:meth:`add_predictions` for several batches in ONE transaction.
+
+        Prediction ids are random, so every insert lands on a random page of the key's
+        B-tree: a transaction writes each page it touched once, and many rows per
+        transaction write far fewer pages per row than one batch at a time.
+        """
+        db = self._db
+        results = []
+        db.execute("BEGIN")
+        try:
+            for batch in batches:
+                results.append(self._insert_predictions(batch))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return results
+
+    def _insert_predictions(self, batch: PredictionBatch) -> JoinedPairs:
         n = len(batch)
         model = batch.model
         rows = zip(
@@ -185,33 +208,27 @@ class LabelStore:
             strict=True,
         )
         db = self._db
-        db.execute("BEGIN")
-        try:
+        db.executemany(
+            "INSERT OR IGNORE INTO predictions SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7"
+            " WHERE NOT EXISTS (SELECT 1 FROM joined WHERE model = ?1 AND prediction_id = ?2)",
+            rows,
+        )
+        joined_rows: list[Any] = []
+        if db.execute("SELECT EXISTS (SELECT 1 FROM pending_labels WHERE model = ?)", (model,)).fetchone()[0]:
+            db.execute("DELETE FROM temp.incoming")
             db.executemany(
-                "INSERT OR IGNORE INTO predictions SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7"
-                " WHERE NOT EXISTS (SELECT 1 FROM joined WHERE model = ?1 AND prediction_id = ?2)",
-                rows,
+                "INSERT OR IGNORE INTO temp.incoming (prediction_id) VALUES (?)",
+                ((pid,) for pid in batch.prediction_ids.tolist()),
             )
-            joined_rows: list[Any] = []
-            if db.execute(
-                "SELECT EXISTS (SELECT 1 FROM pending_labels WHERE model = ?)", (model,)
-            ).fetchone()[0]:
-                db.execute("DELETE FROM temp.incoming")
-                db.executemany(
-                    "INSERT OR IGNORE INTO temp.incoming (prediction_id) VALUES (?)",
-                    ((pid,) for pid in batch.prediction_ids.tolist()),
-                )
-                joined_rows = db.execute(
-                    f"SELECT {_JOIN_COLUMNS} FROM temp.incoming i"
-                    " JOIN pending_labels l ON l.model = ?1 AND l.prediction_id = i.prediction_id"
-                    " JOIN predictions p ON p.model = ?1 AND p.prediction_id = i.prediction_id",
-                    (model,),
-                ).fetchall()
-                self._record_joined(model, joined_rows)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+            joined_rows = db.execute(
+                # CROSS JOIN fixes SQLite's join order: one key lookup per incoming row,
+                # never a scan of everything waiting.
+                f"SELECT {_JOIN_COLUMNS} FROM temp.incoming i"
+                " CROSS JOIN pending_labels l ON l.model = ?1 AND l.prediction_id = i.prediction_id"
+                " CROSS JOIN predictions p ON p.model = ?1 AND p.prediction_id = i.prediction_id",
+                (model,),
+            ).fetchall()
+            self._record_joined(model, joined_rows)
         return JoinedPairs.from_rows(model, joined_rows)
 
     def add_labels(self, batch: LabelBatch) -> JoinedPairs:
@@ -240,8 +257,8 @@ class LabelStore:
                 (model,),
             )
             joined_rows = db.execute(
-                f"SELECT {_JOIN_COLUMNS} FROM temp.incoming l"
-                " JOIN predictions p ON p.model = ? AND p.prediction_id = l.prediction_id",
+                f"SELECT {_JOIN_COLUMNS} FROM temp.incoming l"  # CROSS JOIN: see add_predictions
+                " CROSS JOIN predictions p ON p.model = ? AND p.prediction_id = l.prediction_id",
                 (model,),
             ).fetchall()
             self._record_joined(model, joined_rows)

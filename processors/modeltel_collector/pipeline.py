@@ -79,6 +79,8 @@ class Pipeline:
                 self._queue.put_nowait(item)
 
     def consume_logs(self, request: ExportLogsServiceRequest) -> ExportOutcome:
+        if self._queue.full():  # refuse before the work of extracting: the exporter retries later
+            raise Overloaded(retry_after_seconds=1.0)
         extraction = extract_logs(request)
         self._enqueue([*extraction.predictions, *extraction.labels])
         for batch in extraction.predictions:

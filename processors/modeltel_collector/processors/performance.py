@@ -93,6 +93,8 @@ AUC_SAMPLE_CAP = 100_000
 """(score, label) pairs kept per window for the ROC AUC (9 bytes each)."""
 PROBABILITY_EPS = 1e-15
 LABELS_FILE = "labels.sqlite"
+FLUSH_ROWS = 20_000
+"""Predictions buffered before they are written to the label store (and at every tick)."""
 HISTORY_PROCESSOR = "performance"
 """The processor name of performance windows in the store's window history."""
 
@@ -324,6 +326,9 @@ class PerformanceProcessor:
         self.config = config
         self.context = context
         self.store = LabelStore(context.data_dir / LABELS_FILE, config.label_ttl)
+        self._buffered: list[PredictionBatch] = []
+        self._buffered_rows = 0
+        self._buffered_ids: set[str] = set()
         self._lock = threading.Lock()
         self._series: dict[tuple[str, str], _Series] = {}
         self._tasks: dict[str, str] = {}
@@ -384,11 +389,32 @@ class PerformanceProcessor:
     # Pipeline.
 
     def process_predictions(self, batch: PredictionBatch) -> None:
+        """Buffer predictions; they reach the label store together (see ``FLUSH_ROWS``)."""
         if len(batch):
-            self._add(self.store.add_predictions(batch))
+            self._buffered.append(batch)
+            self._buffered_rows += len(batch)
+            self._buffered_ids.update(batch.prediction_ids.tolist())
+            if self._buffered_rows >= FLUSH_ROWS:
+                self._flush_predictions()
+
+    def _flush_predictions(self) -> None:
+        """Store buffered predictions in one transaction, joining labels already pending.
+
+        A label arriving meanwhile waits as pending and is joined here: the outcome is the
+        same as storing each batch at once, but each B-tree page is written once per flush
+        rather than once per batch (ids are random, so rows land on random pages).
+        """
+        if not self._buffered:
+            return
+        batches, self._buffered, self._buffered_rows = self._buffered, [], 0
+        self._buffered_ids.clear()
+        for pairs in self.store.add_prediction_batches(batches):
+            self._add(pairs)
 
     def process_labels(self, batch: LabelBatch) -> None:
         if len(batch):
+            if not self._buffered_ids.isdisjoint(batch.prediction_ids.tolist()):
+                self._flush_predictions()  # labels for buffered predictions join right away
             self._add(self.store.add_labels(batch))
 
     def process_spans(self, request: ExportTraceServiceRequest) -> None:
@@ -448,6 +474,7 @@ class PerformanceProcessor:
     def tick(self, now_unix_nano: int) -> None:
         """Record changed windows; expire the label store; drop windows ended before the TTL
         (each series keeps its latest)."""
+        self._flush_predictions()
         self._record_changed()
         self.store.expire(now_unix_nano)
         cutoff = now_unix_nano - int(self.config.label_ttl * 1e9)
@@ -532,6 +559,7 @@ class PerformanceProcessor:
     # State.
 
     def checkpoint(self) -> dict[str, Any]:
+        self._flush_predictions()
         with self._lock:
             return {
                 "tasks": dict(self._tasks),
@@ -557,6 +585,7 @@ class PerformanceProcessor:
                 )
 
     def shutdown(self) -> None:
+        self._flush_predictions()
         self._record_changed()
         self.store.close()
 
