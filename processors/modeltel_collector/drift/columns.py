@@ -9,6 +9,8 @@ and a bool array maps to ``"true"``/``"false"`` as extraction does.
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from typing import Any, Literal
 
 import numpy as np
@@ -113,14 +115,20 @@ def category_counts(values: npt.ArrayLike) -> tuple[npt.NDArray[np.str_], npt.ND
     """
     array = np.asarray(values)
     if array.dtype.kind == "b":
-        strings = np.where(array, "true", "false")
-        missing = 0
-    else:
-        mask = missing_mask(array)
-        strings = array[~mask].astype(str)
-        missing = int(mask.sum())
-    categories, counts = np.unique(strings, return_counts=True)
-    return categories, counts.astype(np.int64), missing
+        categories, counts = np.unique(np.where(array, "true", "false"), return_counts=True)
+        return categories, counts.astype(np.int64), 0
+    # Count with a dict (C speed) and convert only the distinct values: sorting a column
+    # of Python strings (np.unique) costs several times more.
+    missing = 0
+    totals: dict[str, int] = {}
+    for value, count in Counter(array.ravel().tolist()).items():
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            missing += count
+        else:
+            name = value if isinstance(value, str) else str(value)
+            totals[name] = totals.get(name, 0) + count
+    names = sorted(totals)
+    return np.array(names, dtype=str), np.array([totals[n] for n in names], dtype=np.int64), missing
 
 
 OTHER = "__other__"
