@@ -165,10 +165,6 @@ class Collector:
     def grpc_port(self) -> int | None:
         return self._grpc.port if self._grpc is not None else None
 
-    @property
-    def http_started(self) -> bool:
-        return self._http is None or self._http.started
-
     def stop(self) -> None:
         """Stop receiving, process what was accepted, save the state, stop exporting."""
         if self._grpc is not None:

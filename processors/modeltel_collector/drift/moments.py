@@ -63,11 +63,6 @@ class Moments:
         m2 = float(np.square(values - mean).sum())
         self._merge(n, mean, m2, float(values.min()), float(values.max()))
 
-    def merge(self, other: Moments) -> None:
-        """Add the values summarised by ``other`` (Chan's parallel formula)."""
-        if other.count:
-            self._merge(other.count, other.mean, other.m2, other.min, other.max)
-
     def _merge(self, n_b: int, mean_b: float, m2_b: float, min_b: float, max_b: float) -> None:
         n_a = self.count
         n = n_a + n_b

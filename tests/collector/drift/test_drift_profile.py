@@ -39,11 +39,10 @@ def test_many_chunks_give_numpy_moments_on_the_whole_data() -> None:
         st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=0, max_size=30), min_size=1, max_size=10
     )
 )
-def test_moments_merge_in_any_chunking(chunks: list[list[float]]) -> None:
-    moments, other = Moments(), Moments()
-    for index, chunk in enumerate(chunks):
-        (moments if index % 2 else other).update(np.array(chunk, dtype=np.float64))
-    moments.merge(other)
+def test_moments_in_any_chunking(chunks: list[list[float]]) -> None:
+    moments = Moments()
+    for chunk in chunks:
+        moments.update(np.array(chunk, dtype=np.float64))
     data = np.array([value for chunk in chunks for value in chunk])
     assert moments.count == data.size
     if data.size:
