@@ -128,10 +128,12 @@ class Pipeline:
             except queue.Empty:
                 item = None
             if item is _STOP:
+                self._queue.task_done()
                 return
             with self._lock:
                 if item is not None:
                     self._dispatch(item)
+                    self._queue.task_done()
                 if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + self._tick_seconds
                     self._tick()
@@ -159,14 +161,16 @@ class Pipeline:
     # Lifecycle ---------------------------------------------------------------------------
 
     def drain(self, timeout: float = 30.0) -> bool:
-        """Wait until every queued batch has been processed."""
+        """Wait until every queued batch has been processed; False if ``timeout`` ran out first."""
         deadline = time.monotonic() + timeout
-        while not self._queue.empty():
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.01)
-        with self._lock:  # the batch being processed, if any, is done once the lock is free
-            return True
+        done = self._queue.all_tasks_done  # notified by task_done once nothing is unfinished
+        with done:
+            while self._queue.unfinished_tasks:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                done.wait(remaining)
+        return True
 
     def checkpoint(self) -> dict[str, Any]:
         with self._lock:
