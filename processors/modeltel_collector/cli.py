@@ -11,6 +11,7 @@ try:
     from rich.text import Text
 
     from modeltel_collector.collector import Collector
+    from modeltel_collector.commands.alerts import app as alerts_app
     from modeltel_collector.commands.labels import app as labels_app
     from modeltel_collector.commands.reference import app as reference_app
     from modeltel_collector.config import (
@@ -58,6 +59,7 @@ app = typer.Typer(
 )
 app.add_typer(reference_app, name="reference")
 app.add_typer(labels_app, name="labels")
+app.add_typer(alerts_app, name="alerts")
 err_console = Console(stderr=True)
 
 LOCALHOST = "127.0.0.1"

@@ -1,23 +1,29 @@
-"""The label join: predictions wait for their ground truth in SQLite (WAL), labels for their prediction.
+"""The label join: predictions wait for their ground truth, labels for their prediction, exactly once.
 
-Three tables, all keyed by ``(model, prediction_id)``:
+Every prediction must be findable by its id for as long as its label may come (the TTL),
+so the store writes every prediction once; that write is what this module keeps cheap:
 
-``predictions``
-    predictions still waiting for their label;
-``pending_labels``
-    labels that arrived before their prediction (the first label of an id wins);
-``joined``
-    one row per prediction id that has been joined. Its primary key is what makes the join
-    idempotent: a duplicate label, a duplicate prediction or a retried export of either finds
-    the id here and is ignored, so every prediction id is counted exactly once.
+- **Chunks.** Predictions are buffered in memory and flushed (every ``flush_rows`` rows, and
+  on :meth:`LabelStore.flush`) as one Arrow IPC blob per (model, version, partition) in the
+  ``prediction_chunks`` table: one SQLite row for thousands of predictions.
+- **Key index.** Each prediction's key, a 64-bit hash of ``(model, prediction id)``
+  (:func:`prediction_keys`, seeded per store), goes into an ``INTEGER PRIMARY KEY`` table of
+  its time partition, with its chunk and row and a ``joined`` flag: two small integers per
+  prediction, inserted sorted in one statement per flush. A label finds its prediction
+  through the key, and the join then checks the chunk's model and id, so a hash collision
+  can at worst miss a join, never join the wrong pair.
+- **Partitions.** The key index is split by prediction time into partitions an eighth of
+  the TTL wide; :meth:`LabelStore.expire` drops whole partitions (and their chunks) once they
+  end before ``now - ttl``, so expiry never deletes row by row. A prediction therefore stays
+  stored for between 1 and 1.125 TTLs, but never joins once it is older than the
+  cutoff of the last :meth:`~LabelStore.expire`.
+- **Pending labels**, which arrive before their prediction and are usually few, wait row by
+  row in ``pending_labels`` (keyed the same way) and expire row by row.
 
-A joined prediction and its pending label are deleted from the waiting tables in the
-same transaction that writes the ``joined`` row, so the waiting tables hold only what is
-still unmatched. Every batch is one transaction of ``executemany`` statements (no
-per-row commits). :meth:`LabelStore.expire` drops waiting rows older than the TTL and
-``joined`` rows whose join completed (``joined_at``, the later of the prediction and
-label event times) before it: past the TTL a duplicate can no longer meet its partner,
-so those rows are no longer needed to keep the count exact.
+Idempotency: a prediction key already stored is ignored (the first prediction of an id
+wins); a joined prediction keeps its index row with ``joined = 1`` until its partition
+expires, so a duplicate or retried label finds it joined and is ignored. Every prediction
+id is thus joined at most once while it is within the TTL.
 
 The store is used from one thread at a time (the pipeline thread); the connection is
 opened with ``check_same_thread=False`` so it may be created on another thread.
@@ -25,78 +31,108 @@ opened with ``check_same_thread=False`` so it may be created on another thread.
 
 from __future__ import annotations
 
+import bisect
+import hashlib
+import logging
+import secrets
 import sqlite3
-from collections.abc import Iterable, Sequence
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
+import pyarrow as pa
 
 from modeltel_collector.batch import LabelBatch, PredictionBatch
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS predictions (
+_logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2
+"""``PRAGMA user_version`` of the label store's file."""
+
+FLUSH_ROWS = 20_000
+"""Buffered predictions written together: one chunk and one sorted index insert per flush."""
+
+PARTITIONS_PER_TTL = 8
+"""Key-index partitions per TTL: predictions are kept between 1 and 1 + 1/8 TTLs."""
+
+CACHED_CHUNKS = 16
+"""Decoded chunks kept in memory for label joins (recent predictions are the likely ones)."""
+
+_ROW_BITS = 24
+"""``loc = chunk << _ROW_BITS | row``: a chunk holds fewer than 2**24 rows."""
+_ROW_MASK = (1 << _ROW_BITS) - 1
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS partitions (
+    part INTEGER PRIMARY KEY,
+    start_unix_nano INTEGER NOT NULL,
+    end_unix_nano INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS prediction_chunks (
+    chunk INTEGER PRIMARY KEY,
+    part INTEGER NOT NULL,
     model TEXT NOT NULL,
-    prediction_id TEXT NOT NULL,
     version TEXT NOT NULL,
-    time_unix_nano INTEGER NOT NULL,
-    value REAL,
-    value_class TEXT,
-    score REAL,
-    PRIMARY KEY (model, prediction_id)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS predictions_time ON predictions (time_unix_nano);
+    data BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS prediction_chunks_part ON prediction_chunks (part);
 CREATE TABLE IF NOT EXISTS pending_labels (
+    key INTEGER PRIMARY KEY,
     model TEXT NOT NULL,
     prediction_id TEXT NOT NULL,
     time_unix_nano INTEGER NOT NULL,
-    value REAL,
-    value_class TEXT,
-    PRIMARY KEY (model, prediction_id)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS pending_labels_time ON pending_labels (time_unix_nano);
-CREATE TABLE IF NOT EXISTS joined (
-    model TEXT NOT NULL,
-    prediction_id TEXT NOT NULL,
-    version TEXT NOT NULL,
-    prediction_time_unix_nano INTEGER NOT NULL,
-    prediction REAL,
-    prediction_class TEXT,
-    score REAL,
-    label REAL,
-    label_class TEXT,
-    label_time_unix_nano INTEGER NOT NULL,
-    joined_at_unix_nano INTEGER NOT NULL,
-    PRIMARY KEY (model, prediction_id)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS joined_at ON joined (joined_at_unix_nano);
-CREATE TEMP TABLE IF NOT EXISTS incoming (
-    prediction_id TEXT PRIMARY KEY,
-    time_unix_nano INTEGER,
     value REAL,
     value_class TEXT
 );
+CREATE INDEX IF NOT EXISTS pending_labels_time ON pending_labels (time_unix_nano);
+PRAGMA user_version = {SCHEMA_VERSION};
 """
 
-# The columns a join reads, in JoinedPairs order (p: predictions, l: pending_labels or incoming).
-_JOIN_COLUMNS = (
-    "p.prediction_id, p.version, p.time_unix_nano, p.value, p.value_class, p.score,"
-    " l.value, l.value_class, l.time_unix_nano"
-)
+_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
 
 
-def _nullable_float(value: float) -> float | None:
-    """SQLite stores NaN as NULL anyway; say so explicitly."""
-    return None if value != value else value
+def _mix(z: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser, elementwise on uint64 (wrapping arithmetic)."""
+    z = (z ^ (z >> _S30)) * _M1
+    z = (z ^ (z >> _S27)) * _M2
+    return z ^ (z >> _S31)
 
 
-def _float_column(values: Iterable[Any]) -> np.ndarray:
-    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+def prediction_keys(model: str, ids: np.ndarray, seed: int) -> np.ndarray:
+    """int64 keys of ``(model, id)`` pairs: a seeded 64-bit hash, computed on whole arrays.
 
+    The ids' code points are mixed in eight bytes at a time (a key does not depend on the
+    other ids of the array), so the cost is a few numpy operations per two characters of the
+    longest id, whatever the number of rows.
 
-def _class_column(batch_column: np.ndarray | None, n: int) -> list[Any]:
-    return [None] * n if batch_column is None else batch_column.tolist()
+    >>> keys = prediction_keys("m", np.array(["a", "b", "a"], dtype=object), seed=1)
+    >>> bool(keys[0] == keys[2]), bool(keys[0] == keys[1]), keys.dtype
+    (True, False, dtype('int64'))
+    >>> bool(prediction_keys("other", np.array(["a"], dtype=object), seed=1)[0] == keys[0])
+    False
+    """
+    text = np.asarray(ids, dtype=str)
+    n = text.size
+    start = hashlib.blake2b(model.encode(), digest_size=8, key=seed.to_bytes(8, "little")).digest()
+    h = np.full(n, int.from_bytes(start, "little"), np.uint64)
+    with np.errstate(over="ignore"):
+        width = text.dtype.itemsize // 4
+        if n and width:
+            points = np.ascontiguousarray(text).view(np.uint32).reshape(n, width)
+            if width % 2:
+                points = np.concatenate([points, np.zeros((n, 1), np.uint32)], axis=1)
+            words = points.view(np.uint64)
+            used = (np.strings.str_len(text) + 1) // 2  # words holding the id (not the padding)
+            for column in range(words.shape[1]):
+                h = np.where(column < used, _mix(h ^ words[:, column]), h)
+    return h.view(np.int64)
 
 
 @dataclass(frozen=True)
@@ -123,23 +159,126 @@ class JoinedPairs:
         return int(self.version.size)
 
     @staticmethod
-    def from_rows(model: str, rows: Sequence[Sequence[Any]]) -> JoinedPairs:
-        """From rows in ``_JOIN_COLUMNS`` order."""
-        columns = list(zip(*rows, strict=True)) if rows else [()] * 9
+    def empty(model: str) -> JoinedPairs:
+        return JoinedPairs.concat(model, [])
+
+    @staticmethod
+    def concat(model: str, parts: Sequence[JoinedPairs]) -> JoinedPairs:
+        if len(parts) == 1:
+            return parts[0]
+
+        def cat(name: str, dtype: Any) -> np.ndarray:
+            arrays = [getattr(part, name) for part in parts]
+            return np.concatenate(arrays).astype(dtype, copy=False) if arrays else np.empty(0, dtype)
+
         return JoinedPairs(
             model=model,
-            version=np.array(columns[1], dtype=object),
-            prediction_time_unix_nano=np.array(columns[2], dtype=np.int64),
-            prediction=_float_column(columns[3]),
-            prediction_class=np.array(columns[4], dtype=object),
-            score=_float_column(columns[5]),
-            label=_float_column(columns[6]),
-            label_class=np.array(columns[7], dtype=object),
+            version=cat("version", object),
+            prediction_time_unix_nano=cat("prediction_time_unix_nano", np.int64),
+            prediction=cat("prediction", np.float64),
+            prediction_class=cat("prediction_class", object),
+            score=cat("score", np.float64),
+            label=cat("label", np.float64),
+            label_class=cat("label_class", object),
+        )
+
+
+def _label_class(batch: LabelBatch) -> np.ndarray:
+    return np.full(len(batch), None, object) if batch.value_class is None else batch.value_class
+
+
+class _Chunk:
+    """Predictions of one (model, version): the columns a join reads, as numpy arrays."""
+
+    def __init__(self, model: str, version: str, columns: dict[str, np.ndarray]) -> None:
+        self.model = model
+        self.version = version
+        self.ids = columns["id"]
+        self.time = columns["time"]
+        self.prediction = columns["prediction"]
+        self.prediction_class = columns["prediction_class"]
+        self.score = columns["score"]
+
+    @staticmethod
+    def of(batches: Sequence[PredictionBatch]) -> _Chunk:
+        first = batches[0]
+
+        def cat(get: Any) -> np.ndarray:
+            return np.concatenate([get(b) for b in batches]) if len(batches) > 1 else get(first)
+
+        def classes(b: PredictionBatch) -> np.ndarray:
+            return np.full(len(b), None, object) if b.prediction_class is None else b.prediction_class
+
+        return _Chunk(
+            first.model,
+            first.version,
+            {
+                "id": cat(lambda b: b.prediction_ids),
+                "time": cat(lambda b: b.time_unix_nano),
+                "prediction": cat(lambda b: b.prediction),
+                "prediction_class": cat(classes),
+                "score": cat(lambda b: b.score),
+            },
+        )
+
+    def take(self, rows: np.ndarray) -> _Chunk:
+        return _Chunk(
+            self.model,
+            self.version,
+            {
+                "id": self.ids[rows],
+                "time": self.time[rows],
+                "prediction": self.prediction[rows],
+                "prediction_class": self.prediction_class[rows],
+                "score": self.score[rows],
+            },
+        )
+
+    def to_blob(self) -> bytes:
+        table = pa.table(
+            {
+                "id": pa.array(self.ids, pa.string()),
+                "time": pa.array(self.time, pa.int64()),
+                "prediction": pa.array(self.prediction, pa.float64()),
+                "prediction_class": pa.array(self.prediction_class, pa.string()),
+                "score": pa.array(self.score, pa.float64()),
+            }
+        )
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        return bytes(sink.getvalue().to_pybytes())
+
+    @staticmethod
+    def from_blob(model: str, version: str, blob: bytes) -> _Chunk:
+        table = pa.ipc.open_stream(blob).read_all()
+        return _Chunk(
+            model,
+            version,
+            {
+                "id": np.array(table["id"].to_pylist(), dtype=object),
+                "time": table["time"].to_numpy(),
+                "prediction": table["prediction"].to_numpy(),
+                "prediction_class": np.array(table["prediction_class"].to_pylist(), dtype=object),
+                "score": table["score"].to_numpy(),
+            },
+        )
+
+    def pairs(self, rows: np.ndarray, labels: LabelBatch, label_rows: np.ndarray) -> JoinedPairs:
+        return JoinedPairs(
+            model=self.model,
+            version=np.full(rows.size, self.version, dtype=object),
+            prediction_time_unix_nano=self.time[rows],
+            prediction=self.prediction[rows],
+            prediction_class=self.prediction_class[rows],
+            score=self.score[rows],
+            label=labels.value[label_rows],
+            label_class=_label_class(labels)[label_rows],
         )
 
 
 class LabelStore:
-    """Joins predictions and labels by ``(model, prediction_id)`` in a SQLite file, exactly once.
+    """Joins predictions and labels by ``(model, prediction id)`` in a SQLite file, exactly once.
 
     Parameters
     ----------
@@ -147,18 +286,58 @@ class LabelStore:
         The SQLite file (created, with its parent directories, if missing).
     ttl_seconds
         How long a prediction waits for its label and a label for its prediction.
+    flush_rows
+        Buffered predictions that trigger a flush (see the module docstring).
     """
 
-    def __init__(self, path: Path, ttl_seconds: float) -> None:
+    def __init__(self, path: Path, ttl_seconds: float, *, flush_rows: int = FLUSH_ROWS) -> None:
         self.path = Path(path)
         self.ttl_nanos = int(ttl_seconds * 1e9)
+        self.partition_nanos = max(self.ttl_nanos // PARTITIONS_PER_TTL, 1)
+        self.flush_rows = flush_rows
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA cache_size=-65536")  # 64 MiB: the key index's hot pages
+        self._upgrade()
         self._db.executescript(_SCHEMA)
+        self._seed = self._meta("key_seed", secrets.randbits(63))
+        self._cutoff = -(2**63)
+        """Predictions older than this (the last expiry's cutoff) no longer join."""
+        self._buffer: list[tuple[PredictionBatch, np.ndarray, np.ndarray]] = []
+        """Predictions not flushed yet: (batch, keys, joined flags), in arrival order."""
+        self._buffer_starts: list[int] = []
+        """The buffer row number of each batch's first row."""
+        self._buffered_keys: dict[int, int] = {}
+        """Key -> buffer row number, for joins and duplicates before the flush."""
+        self._buffered_rows = 0
+        self._joined_stored: set[int] = set()
+        """Keys of stored predictions joined since the last flush (flagged in the index by it)."""
+        self._chunks: OrderedDict[int, _Chunk] = OrderedDict()
+        self._pending = self._db.execute("SELECT COUNT(*) FROM pending_labels").fetchone()[0]
+
+    def _upgrade(self) -> None:
+        """Drop the tables of an older file format (pre-release: waiting rows are not converted)."""
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        tables = [row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        if version != SCHEMA_VERSION and tables:
+            _logger.warning(
+                "modeltel: %s has an older label store format (%d); its waiting predictions and "
+                "labels are discarded",
+                self.path,
+                version,
+            )
+            for table in tables:
+                self._db.execute(f'DROP TABLE IF EXISTS "{table}"')
+
+    def _meta(self, name: str, default: int) -> int:
+        self._db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (name, default))
+        value: int = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()[0]
+        return value
 
     def close(self) -> None:
+        self.flush()
         self._db.close()
 
     def __enter__(self) -> LabelStore:
@@ -167,147 +346,324 @@ class LabelStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def add_predictions(self, batch: PredictionBatch) -> JoinedPairs:
-        """Store the batch's predictions and join those whose label is already pending.
+    def keys(self, model: str, ids: np.ndarray) -> np.ndarray:
+        return prediction_keys(model, ids, self._seed)
 
-        A prediction id already stored (waiting or joined) is ignored: the first one wins.
+    # Predictions.
+
+    def add_predictions(self, batch: PredictionBatch) -> JoinedPairs:
+        """Buffer the batch's predictions and join those whose label is already pending.
+
+        A prediction id already buffered or stored (waiting or joined) is ignored: the first
+        one wins (in the index; a stored duplicate is found by the flush's ``INSERT OR IGNORE``).
         """
-        [pairs] = self.add_prediction_batches([batch])
+        if not len(batch):
+            return JoinedPairs.empty(batch.model)
+        keys = self.keys(batch.model, batch.prediction_ids)
+        fresh = self._fresh(keys)
+        if fresh.size < len(batch):
+            batch, keys = _take_batch(batch, fresh), keys[fresh]
+        joined = np.zeros(keys.size, dtype=np.bool_)
+        start = self._buffered_rows
+        self._buffer.append((batch, keys, joined))
+        self._buffer_starts.append(start)
+        self._buffered_keys.update(zip(keys.tolist(), range(start, start + keys.size), strict=True))
+        self._buffered_rows += keys.size
+        pairs = self._join_pending(batch, keys, joined) if self._pending else JoinedPairs.empty(batch.model)
+        if self._buffered_rows >= self.flush_rows:
+            self.flush()
         return pairs
 
     def add_prediction_batches(self, batches: Sequence[PredictionBatch]) -> list[JoinedPairs]:
-        """:meth:`add_predictions` for several batches in ONE transaction.
+        """:meth:`add_predictions` for each batch."""
+        return [self.add_predictions(batch) for batch in batches]
 
-        Prediction ids are random, so every insert lands on a random page of the key's
-        B-tree: a transaction writes each page it touched once, and many rows per
-        transaction write far fewer pages per row than one batch at a time.
-        """
+    def _fresh(self, keys: np.ndarray) -> np.ndarray:
+        """Rows whose key is neither buffered nor repeated earlier in ``keys``."""
+        _, first = np.unique(keys, return_index=True)
+        first.sort()
+        buffered = self._buffered_keys
+        if buffered:
+            first = first[
+                np.fromiter((key not in buffered for key in keys[first].tolist()), np.bool_, first.size)
+            ]
+        return first
+
+    def _stored(self, keys: np.ndarray) -> dict[int, tuple[int, int]]:
+        """``{key: (loc, joined)}`` of the keys present in the index."""
+        found: dict[int, tuple[int, int]] = {}
+        if not keys.size:
+            return found
+        payload = orjson.dumps(keys, option=orjson.OPT_SERIALIZE_NUMPY)
+        for (part,) in self._db.execute("SELECT part FROM partitions").fetchall():
+            for key, loc, joined in self._db.execute(
+                f"SELECT k.key, k.loc, k.joined FROM json_each(?) j CROSS JOIN prediction_keys_{part} k"
+                " ON k.key = j.value",
+                (payload,),
+            ):
+                found[key] = (loc, joined)
+        return found
+
+    def _join_pending(self, batch: PredictionBatch, keys: np.ndarray, joined: np.ndarray) -> JoinedPairs:
+        """Join freshly buffered predictions with labels that were waiting for them."""
+        rows = self._db.execute(
+            "SELECT p.key, p.prediction_id, p.time_unix_nano, p.value, p.value_class"
+            " FROM json_each(?) j CROSS JOIN pending_labels p ON p.key = j.value WHERE p.model = ?",
+            (orjson.dumps(keys, option=orjson.OPT_SERIALIZE_NUMPY), batch.model),
+        ).fetchall()
+        if not rows:
+            return JoinedPairs.empty(batch.model)
+        position = {key: i for i, key in enumerate(keys.tolist())}
+        matched = [(position[r[0]], r) for r in rows if batch.prediction_ids[position[r[0]]] == r[1]]
+        if not matched:
+            return JoinedPairs.empty(batch.model)
+        prediction_rows = np.array([m[0] for m in matched], dtype=np.intp)
+        labels = LabelBatch(
+            batch.model,
+            np.array([m[1][2] for m in matched], dtype=np.int64),
+            np.array([m[1][1] for m in matched], dtype=object),
+            np.array([np.nan if m[1][3] is None else m[1][3] for m in matched], dtype=np.float64),
+            np.array([m[1][4] for m in matched], dtype=object),
+        )
+        joined[prediction_rows] = True
+        self._db.execute("BEGIN")
+        self._db.executemany("DELETE FROM pending_labels WHERE key = ?", ((m[1][0],) for m in matched))
+        self._db.execute("COMMIT")
+        self._pending -= len(matched)
+        return _Chunk.of([batch]).pairs(prediction_rows, labels, np.arange(len(matched)))
+
+    def flush(self) -> None:
+        """Write the buffered predictions (one chunk per (model, version, partition), one sorted
+        key insert per partition) and the joins of stored predictions, in one transaction."""
+        if not self._buffer and not self._joined_stored:
+            return
+        buffer = self._buffer
+        self._buffer, self._buffer_starts, self._buffered_keys, self._buffered_rows = [], [], {}, 0
+        groups: dict[tuple[str, str], list[int]] = {}
+        for i, (batch, _, _) in enumerate(buffer):
+            groups.setdefault((batch.model, batch.version), []).append(i)
         db = self._db
-        results = []
         db.execute("BEGIN")
         try:
-            for batch in batches:
-                results.append(self._insert_predictions(batch))
+            index_rows: dict[int, list[np.ndarray]] = {}
+            ceiling = (time.time_ns() // self.partition_nanos + 1) * self.partition_nanos
+            for (model, version), members in groups.items():
+                chunk = _Chunk.of([buffer[i][0] for i in members])
+                keys = np.concatenate([buffer[i][1] for i in members])
+                joined = np.concatenate([buffer[i][2] for i in members])
+                parts = np.minimum(chunk.time, ceiling) // self.partition_nanos
+                for part in np.unique(parts).tolist():
+                    rows = np.flatnonzero(parts == part)
+                    self._ensure_partition(part)
+                    number = db.execute(
+                        "INSERT INTO prediction_chunks (part, model, version, data) VALUES (?, ?, ?, ?)",
+                        (part, model, version, chunk.take(rows).to_blob()),
+                    ).lastrowid
+                    assert number is not None
+                    loc = (np.int64(number) << np.int64(_ROW_BITS)) + np.arange(rows.size, dtype=np.int64)
+                    index_rows.setdefault(part, []).append(
+                        np.column_stack([keys[rows], loc, joined[rows].astype(np.int64)])
+                    )
+            for part, arrays in index_rows.items():
+                table = np.concatenate(arrays)
+                table = table[np.argsort(table[:, 0], kind="stable")]
+                db.execute(
+                    f"INSERT OR IGNORE INTO prediction_keys_{part}"
+                    " SELECT value->>0, value->>1, value->>2 FROM json_each(?)",
+                    (orjson.dumps(table, option=orjson.OPT_SERIALIZE_NUMPY),),
+                )
+            if self._joined_stored:
+                payload = orjson.dumps(sorted(self._joined_stored))
+                self._joined_stored = set()
+                for (part,) in db.execute("SELECT part FROM partitions").fetchall():
+                    db.execute(
+                        f"UPDATE prediction_keys_{part} SET joined = 1"
+                        " WHERE key IN (SELECT value FROM json_each(?))",
+                        (payload,),
+                    )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        return results
 
-    def _insert_predictions(self, batch: PredictionBatch) -> JoinedPairs:
-        n = len(batch)
-        model = batch.model
-        rows = zip(
-            [model] * n,
-            batch.prediction_ids.tolist(),
-            [batch.version] * n,
-            batch.time_unix_nano.tolist(),
-            map(_nullable_float, batch.prediction.tolist()),
-            _class_column(batch.prediction_class, n),
-            map(_nullable_float, batch.score.tolist()),
-            strict=True,
-        )
-        db = self._db
-        db.executemany(
-            "INSERT OR IGNORE INTO predictions SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7"
-            " WHERE NOT EXISTS (SELECT 1 FROM joined WHERE model = ?1 AND prediction_id = ?2)",
-            rows,
-        )
-        joined_rows: list[Any] = []
-        if db.execute("SELECT EXISTS (SELECT 1 FROM pending_labels WHERE model = ?)", (model,)).fetchone()[0]:
-            db.execute("DELETE FROM temp.incoming")
-            db.executemany(
-                "INSERT OR IGNORE INTO temp.incoming (prediction_id) VALUES (?)",
-                ((pid,) for pid in batch.prediction_ids.tolist()),
+    def _ensure_partition(self, part: int) -> None:
+        start = part * self.partition_nanos
+        if self._db.execute(
+            "INSERT OR IGNORE INTO partitions VALUES (?, ?, ?)", (part, start, start + self.partition_nanos)
+        ).rowcount:
+            self._db.execute(
+                f"CREATE TABLE IF NOT EXISTS prediction_keys_{part}"
+                " (key INTEGER PRIMARY KEY, loc INTEGER NOT NULL, joined INTEGER NOT NULL)"
             )
-            joined_rows = db.execute(
-                # CROSS JOIN fixes SQLite's join order: one key lookup per incoming row,
-                # never a scan of everything waiting.
-                f"SELECT {_JOIN_COLUMNS} FROM temp.incoming i"
-                " CROSS JOIN pending_labels l ON l.model = ?1 AND l.prediction_id = i.prediction_id"
-                " CROSS JOIN predictions p ON p.model = ?1 AND p.prediction_id = i.prediction_id",
-                (model,),
-            ).fetchall()
-            self._record_joined(model, joined_rows)
-        return JoinedPairs.from_rows(model, joined_rows)
+
+    # Labels.
 
     def add_labels(self, batch: LabelBatch) -> JoinedPairs:
-        """Join the batch's labels with their stored predictions; keep the others pending.
+        """Join the batch's labels with their predictions (buffered or stored); keep the others pending.
 
         A label whose prediction id was already joined is ignored (a duplicate or a retry);
         of several labels for one id still pending, the first wins.
         """
         n = len(batch)
         model = batch.model
-        rows = zip(
-            batch.prediction_ids.tolist(),
-            batch.time_unix_nano.tolist(),
-            map(_nullable_float, batch.value.tolist()),
-            _class_column(batch.value_class, n),
-            strict=True,
-        )
+        if not n:
+            return JoinedPairs.empty(model)
+        keys = self.keys(model, batch.prediction_ids)
+        _, first = np.unique(keys, return_index=True)
+        first.sort()
+        ids = batch.prediction_ids
+        parts: list[JoinedPairs] = []
+        unmatched: list[int] = []
+        # Buffered predictions: found in memory.
+        todo: list[int] = []
+        found: dict[int, tuple[list[int], list[int]]] = {}  # buffer batch -> (its rows, label rows)
+        buffered = self._buffered_keys
+        for row, key in zip(first.tolist(), keys[first].tolist(), strict=True):
+            where = buffered.get(key)
+            if where is None:
+                todo.append(row)
+                continue
+            index = bisect.bisect_right(self._buffer_starts, where) - 1
+            rows_of = found.setdefault(index, ([], []))
+            rows_of[0].append(where - self._buffer_starts[index])
+            rows_of[1].append(row)
+        for index, (in_batch, in_labels) in found.items():
+            prediction_batch, _, joined = self._buffer[index]
+            p_rows, l_rows = np.array(in_batch, np.intp), np.array(in_labels, np.intp)
+            same = (prediction_batch.prediction_ids[p_rows] == ids[l_rows]) & (
+                prediction_batch.model == model
+            )
+            todo.extend(l_rows[~same].tolist())  # a hash collision: look in the store
+            p_rows, l_rows = p_rows[same], l_rows[same]
+            expired = prediction_batch.time_unix_nano[p_rows] < self._cutoff
+            unmatched.extend(l_rows[expired & ~joined[p_rows]].tolist())  # as if already dropped
+            ok = ~joined[p_rows] & ~expired
+            joined[p_rows[ok]] = True
+            if ok.any():
+                parts.append(_Chunk.of([prediction_batch]).pairs(p_rows[ok], batch, l_rows[ok]))
+        # Stored predictions: through the key index.
+        if todo:
+            rows = np.array(todo, dtype=np.intp)
+            stored = self._stored(keys[rows])
+            newly: list[int] = []
+            by_chunk: dict[int, list[tuple[int, int]]] = {}
+            for row in todo:
+                hit = stored.get(int(keys[row]))
+                if hit is None:
+                    unmatched.append(row)
+                elif not hit[1] and int(keys[row]) not in self._joined_stored:
+                    by_chunk.setdefault(hit[0] >> _ROW_BITS, []).append((hit[0] & _ROW_MASK, row))
+            for number, hits in by_chunk.items():
+                chunk = self._chunk(number)
+                if chunk is None or chunk.model != model:
+                    unmatched.extend(row for _, row in hits)
+                    continue
+                chunk_rows = np.array([h[0] for h in hits], dtype=np.intp)
+                label_rows = np.array([h[1] for h in hits], dtype=np.intp)
+                ok = (chunk.ids[chunk_rows] == ids[label_rows]) & (chunk.time[chunk_rows] >= self._cutoff)
+                unmatched.extend(label_rows[~ok].tolist())
+                if ok.any():
+                    parts.append(chunk.pairs(chunk_rows[ok], batch, label_rows[ok]))
+                    newly.extend(int(keys[row]) for row in label_rows[ok].tolist())
+            self._joined_stored.update(newly)
+        if unmatched:
+            self._keep_pending(batch, keys, np.array(sorted(unmatched), dtype=np.intp))
+        return JoinedPairs.concat(model, parts) if parts else JoinedPairs.empty(model)
+
+    def _chunk(self, number: int) -> _Chunk | None:
+        chunk = self._chunks.get(number)
+        if chunk is not None:
+            self._chunks.move_to_end(number)
+            return chunk
+        row = self._db.execute(
+            "SELECT model, version, data FROM prediction_chunks WHERE chunk = ?", (number,)
+        ).fetchone()
+        if row is None:
+            return None
+        chunk = self._chunks[number] = _Chunk.from_blob(*row)
+        while len(self._chunks) > CACHED_CHUNKS:
+            self._chunks.popitem(last=False)
+        return chunk
+
+    def _keep_pending(self, batch: LabelBatch, keys: np.ndarray, rows: np.ndarray) -> None:
+        classes = _label_class(batch)
+        values = batch.value[rows]
         db = self._db
         db.execute("BEGIN")
         try:
-            db.execute("DELETE FROM temp.incoming")
-            db.executemany("INSERT OR IGNORE INTO temp.incoming VALUES (?, ?, ?, ?)", rows)
-            db.execute(
-                "DELETE FROM temp.incoming WHERE EXISTS"
-                " (SELECT 1 FROM joined j WHERE j.model = ? AND j.prediction_id = incoming.prediction_id)",
-                (model,),
+            before = db.total_changes
+            db.executemany(
+                "INSERT OR IGNORE INTO pending_labels VALUES (?, ?, ?, ?, ?, ?)",
+                zip(
+                    keys[rows].tolist(),
+                    [batch.model] * rows.size,
+                    batch.prediction_ids[rows].tolist(),
+                    batch.time_unix_nano[rows].tolist(),
+                    [None if v != v else v for v in values.tolist()],
+                    classes[rows].tolist(),
+                    strict=True,
+                ),
             )
-            joined_rows = db.execute(
-                f"SELECT {_JOIN_COLUMNS} FROM temp.incoming l"  # CROSS JOIN: see add_predictions
-                " CROSS JOIN predictions p ON p.model = ? AND p.prediction_id = l.prediction_id",
-                (model,),
-            ).fetchall()
-            self._record_joined(model, joined_rows)
-            db.execute(
-                "INSERT OR IGNORE INTO pending_labels"
-                " SELECT ?1, prediction_id, time_unix_nano, value, value_class FROM temp.incoming i"
-                " WHERE NOT EXISTS"
-                " (SELECT 1 FROM joined j WHERE j.model = ?1 AND j.prediction_id = i.prediction_id)",
-                (model,),
-            )
+            self._pending += db.total_changes - before
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        return JoinedPairs.from_rows(model, joined_rows)
 
-    def _record_joined(self, model: str, rows: list[Any]) -> None:
-        """Write the ``joined`` rows and drop the matched waiting rows (inside the caller's transaction)."""
-        if not rows:
-            return
-        self._db.executemany(
-            "INSERT OR IGNORE INTO joined VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            ((model, *row, max(row[2], row[8])) for row in rows),
-        )
-        ids = [(model, row[0]) for row in rows]
-        self._db.executemany("DELETE FROM predictions WHERE model = ? AND prediction_id = ?", ids)
-        self._db.executemany("DELETE FROM pending_labels WHERE model = ? AND prediction_id = ?", ids)
+    # Expiry and counts.
 
     def expire(self, now_unix_nano: int) -> int:
-        """Delete predictions and pending labels older than the TTL; return how many were deleted.
-
-        ``joined`` rows whose join completed before the TTL are deleted too (not counted).
-        """
+        """Drop partitions that ended before ``now - ttl`` and older pending labels; return how
+        many waiting (unjoined) predictions and labels were dropped."""
+        self.flush()
         cutoff = now_unix_nano - self.ttl_nanos
+        self._cutoff = max(self._cutoff, cutoff)
         db = self._db
         db.execute("BEGIN")
         try:
-            deleted = db.execute("DELETE FROM predictions WHERE time_unix_nano < ?", (cutoff,)).rowcount
-            deleted += db.execute("DELETE FROM pending_labels WHERE time_unix_nano < ?", (cutoff,)).rowcount
-            db.execute("DELETE FROM joined WHERE joined_at_unix_nano < ?", (cutoff,))
+            deleted = 0
+            for (part,) in db.execute(
+                "SELECT part FROM partitions WHERE end_unix_nano <= ?", (cutoff,)
+            ).fetchall():
+                deleted += db.execute(
+                    f"SELECT COUNT(*) FROM prediction_keys_{part} WHERE joined = 0"
+                ).fetchone()[0]
+                db.execute(f"DROP TABLE prediction_keys_{part}")
+                db.execute("DELETE FROM prediction_chunks WHERE part = ?", (part,))
+                db.execute("DELETE FROM partitions WHERE part = ?", (part,))
+            labels = db.execute("DELETE FROM pending_labels WHERE time_unix_nano < ?", (cutoff,)).rowcount
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        return int(deleted)
+        self._pending -= labels
+        self._chunks.clear()
+        return int(deleted + labels)
 
     def counts(self) -> dict[str, int]:
-        """Rows per table (for tests and health)."""
-        return {
-            table: int(self._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
-            for table in ("predictions", "pending_labels", "joined")
-        }
+        """Waiting predictions, pending labels and joined predictions (for tests and health)."""
+        self.flush()
+        waiting = joined = 0
+        for (part,) in self._db.execute("SELECT part FROM partitions").fetchall():
+            w, j = self._db.execute(
+                "SELECT COUNT(*) - COALESCE(SUM(joined), 0), COALESCE(SUM(joined), 0)"
+                f" FROM prediction_keys_{part}"
+            ).fetchone()
+            waiting += w
+            joined += j
+        pending = int(self._db.execute("SELECT COUNT(*) FROM pending_labels").fetchone()[0])
+        return {"predictions": int(waiting), "pending_labels": pending, "joined": int(joined)}
+
+
+def _take_batch(batch: PredictionBatch, rows: np.ndarray) -> PredictionBatch:
+    return PredictionBatch(
+        batch.model,
+        batch.version,
+        batch.time_unix_nano[rows],
+        batch.prediction_ids[rows],
+        {},
+        {},
+        batch.prediction[rows],
+        None if batch.prediction_class is None else batch.prediction_class[rows],
+        batch.score[rows],
+    )

@@ -28,6 +28,7 @@ from modeltel_collector.config import PerformanceProcessor as PerformanceConfig
 from modeltel_collector.labelstore import LabelStore
 from modeltel_collector.processors.base import ProcessorContext
 from modeltel_collector.processors.performance import (
+    ACCEPTANCE_BOUND_METRICS,
     ACCEPTANCE_METRIC,
     PerformanceProcessor,
     factory,
@@ -157,6 +158,59 @@ def test_store_expires_by_ttl(tmp_path: Path) -> None:
         assert store.counts() == {"predictions": 1, "pending_labels": 0, "joined": 0}
         assert len(store.add_labels(labels(["old"], [1.0]))) == 0  # its prediction expired
         assert len(store.add_labels(labels(["new"], [1.0]))) == 1
+
+
+def test_stored_predictions_join_once_across_flushes_and_restarts(tmp_path: Path) -> None:
+    path = tmp_path / "labels.sqlite"
+    ids = [f"id-{i}" for i in range(3000)]
+    with LabelStore(path, ttl_seconds=3600, flush_rows=1000) as store:
+        for chunk in range(3):  # three flushes: three chunks in the key index
+            part = ids[chunk * 1000 : (chunk + 1) * 1000]
+            store.add_predictions(
+                predictions(part, np.arange(chunk * 1000, (chunk + 1) * 1000), [T0 + chunk * SECOND] * 1000)
+            )
+        # Labels for stored predictions of every chunk, one repeated in the same batch.
+        wanted = [ids[5], ids[1500], ids[2999], ids[5]]
+        pairs = store.add_labels(labels(wanted, [1.0, 2.0, 3.0, 4.0]))
+        assert sorted(zip(pairs.prediction.tolist(), pairs.label.tolist(), strict=True)) == [
+            (5.0, 1.0),
+            (1500.0, 2.0),
+            (2999.0, 3.0),
+        ]
+        assert pairs.prediction_time_unix_nano.tolist() == sorted(pairs.prediction_time_unix_nano.tolist())
+        assert len(store.add_labels(labels([ids[1500]], [9.0]))) == 0  # joined, not yet flushed
+    with LabelStore(path, ttl_seconds=3600) as store:
+        assert len(store.add_labels(labels([ids[5], ids[2999]], [9.0, 9.0]))) == 0  # joined before
+        assert store.add_labels(labels([ids[6]], [7.0])).prediction.tolist() == [6.0]
+        assert store.counts() == {"predictions": 2996, "pending_labels": 0, "joined": 4}
+
+
+def test_a_hash_collision_misses_a_join_but_never_joins_the_wrong_pair(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every id hashes to the same key: the worst case the 64-bit key can meet.
+    monkeypatch.setattr(LabelStore, "keys", lambda self, model, ids: np.zeros(len(ids), dtype=np.int64))
+    with LabelStore(tmp_path / "labels.sqlite", ttl_seconds=3600) as store:
+        store.add_predictions(predictions(["a", "b"], [1.0, 2.0]))
+        assert store.add_labels(labels(["a"], [10.0], model="other")).prediction.tolist() == []
+        assert store.add_labels(labels(["b"], [20.0])).prediction.tolist() == []  # b lost its key to a
+        assert store.add_labels(labels(["a"], [10.0])).prediction.tolist() == [1.0]
+        store.flush()
+        assert store.add_labels(labels(["b"], [20.0])).prediction.tolist() == []
+
+
+def test_store_of_an_older_format_starts_empty(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "labels.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE predictions (model TEXT, prediction_id TEXT)")
+        db.execute("INSERT INTO predictions VALUES ('m', 'a')")
+    with LabelStore(path, ttl_seconds=3600) as store:
+        assert store.counts() == {"predictions": 0, "pending_labels": 0, "joined": 0}
+        store.add_predictions(predictions(["a"], [1.0]))
+    assert "older label store format" in caplog.text
+    with sqlite3.connect(path) as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "predictions" not in tables
 
 
 def test_reopened_store_joins_a_label_to_a_prediction_stored_before(tmp_path: Path) -> None:
@@ -374,6 +428,14 @@ def test_acceptance_band_gauge(tmp_path: Path) -> None:
         assert h.value(ACCEPTANCE_METRIC, **{PERFORMANCE_METRIC_NAME: "rmse"}) == 1
         assert h.value(ACCEPTANCE_METRIC, **{PERFORMANCE_METRIC_NAME: "r2"}) == 0
         assert len(h.points(ACCEPTANCE_METRIC)) == 2  # no f1 for a regression model
+        # The bounds themselves, for dashboards to draw the bands.
+        assert h.points(ACCEPTANCE_BOUND_METRICS["max"]) == {
+            ((MODEL_NAME, "m"), (PERFORMANCE_METRIC_NAME, "rmse")): 2.0
+        }
+        assert h.points(ACCEPTANCE_BOUND_METRICS["min"]) == {
+            ((MODEL_NAME, "m"), (PERFORMANCE_METRIC_NAME, "f1")): 0.5,
+            ((MODEL_NAME, "m"), (PERFORMANCE_METRIC_NAME, "r2")): 0.99,
+        }
         # A worse, later window moves rmse out of its band.
         h.processor.process_predictions(predictions(["d"], [10.0], [T0 + 60 * SECOND]))
         h.processor.process_labels(labels(["d"], [0.0]))

@@ -86,6 +86,8 @@ METRICS = REGRESSION_METRICS + CLASSIFICATION_METRICS
 
 ACCEPTANCE_METRIC = f"{PERFORMANCE_METRIC_PREFIX}acceptance"
 """0/1 gauge: the latest value of a metric lies within its acceptance band."""
+ACCEPTANCE_BOUND_METRICS = {"min": f"{ACCEPTANCE_METRIC}.min", "max": f"{ACCEPTANCE_METRIC}.max"}
+"""Gauges of the configured bands' bounds (per model and metric), for dashboards to draw."""
 
 MAX_WINDOWS = 2016
 """Windows kept open per (model, version) for late labels, whatever the TTL (a week of 5-minute windows)."""
@@ -93,8 +95,6 @@ AUC_SAMPLE_CAP = 100_000
 """(score, label) pairs kept per window for the ROC AUC (9 bytes each)."""
 PROBABILITY_EPS = 1e-15
 LABELS_FILE = "labels.sqlite"
-FLUSH_ROWS = 20_000
-"""Predictions buffered before they are written to the label store (and at every tick)."""
 HISTORY_PROCESSOR = "performance"
 """The processor name of performance windows in the store's window history."""
 
@@ -326,9 +326,6 @@ class PerformanceProcessor:
         self.config = config
         self.context = context
         self.store = LabelStore(context.data_dir / LABELS_FILE, config.label_ttl)
-        self._buffered: list[PredictionBatch] = []
-        self._buffered_rows = 0
-        self._buffered_ids: set[str] = set()
         self._lock = threading.Lock()
         self._series: dict[tuple[str, str], _Series] = {}
         self._tasks: dict[str, str] = {}
@@ -346,6 +343,12 @@ class PerformanceProcessor:
             callbacks=[self._observe_acceptance],
             description="1 when the latest value of the metric is within its acceptance band, else 0",
         )
+        for bound, name in ACCEPTANCE_BOUND_METRICS.items():
+            meter.create_observable_gauge(
+                name,
+                callbacks=[partial(self._observe_bound, bound)],
+                description=f"The {bound} of the metric's acceptance band, from the configuration",
+            )
         meter.create_observable_counter(
             LABELS_JOINED_METRIC,
             callbacks=[self._observe_joined],
@@ -389,33 +392,11 @@ class PerformanceProcessor:
     # Pipeline.
 
     def process_predictions(self, batch: PredictionBatch) -> None:
-        """Buffer predictions; they reach the label store together (see ``FLUSH_ROWS``)."""
-        if len(batch):
-            self._buffered.append(batch)
-            self._buffered_rows += len(batch)
-            self._buffered_ids.update(batch.prediction_ids.tolist())
-            if self._buffered_rows >= FLUSH_ROWS:
-                self._flush_predictions()
-
-    def _flush_predictions(self) -> None:
-        """Store buffered predictions in one transaction, joining labels already pending.
-
-        A label arriving meanwhile waits as pending and is joined here: the outcome is the
-        same as storing each batch at once, but each B-tree page is written once per flush
-        rather than once per batch (ids are random, so rows land on random pages).
-        """
-        if not self._buffered:
-            return
-        batches, self._buffered, self._buffered_rows = self._buffered, [], 0
-        self._buffered_ids.clear()
-        for pairs in self.store.add_prediction_batches(batches):
-            self._add(pairs)
+        """Hand predictions to the label store (which buffers them), joining pending labels."""
+        self._add(self.store.add_predictions(batch))
 
     def process_labels(self, batch: LabelBatch) -> None:
-        if len(batch):
-            if not self._buffered_ids.isdisjoint(batch.prediction_ids.tolist()):
-                self._flush_predictions()  # labels for buffered predictions join right away
-            self._add(self.store.add_labels(batch))
+        self._add(self.store.add_labels(batch))
 
     def process_spans(self, request: ExportTraceServiceRequest) -> None:
         """Spans carry no labels."""
@@ -474,7 +455,7 @@ class PerformanceProcessor:
     def tick(self, now_unix_nano: int) -> None:
         """Record changed windows; expire the label store; drop windows ended before the TTL
         (each series keeps its latest)."""
-        self._flush_predictions()
+        self.store.flush()
         self._record_changed()
         self.store.expire(now_unix_nano)
         cutoff = now_unix_nano - int(self.config.label_ttl * 1e9)
@@ -549,6 +530,14 @@ class PerformanceProcessor:
                     observations.append(Observation(int(inside), attributes))
             return observations
 
+    def _observe_bound(self, bound: str, options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(value, {MODEL_NAME: model, PERFORMANCE_METRIC_NAME: metric})
+            for model, settings in self.context.models.items()
+            for metric, band in (settings.acceptance or {}).items()
+            if (value := getattr(band, bound)) is not None
+        ]
+
     def _observe_joined(self, options: CallbackOptions) -> Iterable[Observation]:
         with self._lock:
             return [
@@ -559,7 +548,7 @@ class PerformanceProcessor:
     # State.
 
     def checkpoint(self) -> dict[str, Any]:
-        self._flush_predictions()
+        self.store.flush()
         with self._lock:
             return {
                 "tasks": dict(self._tasks),
@@ -585,7 +574,7 @@ class PerformanceProcessor:
                 )
 
     def shutdown(self) -> None:
-        self._flush_predictions()
+        self.store.flush()
         self._record_changed()
         self.store.close()
 
