@@ -311,12 +311,14 @@ def _configure_this_process(root: Path, options: DemoOptions) -> None:
 def _embedded_collector(options: DemoOptions) -> Iterator[Collector]:
     """The collector in this process: OTLP/gRPC in, Prometheus out, state in a temporary folder."""
     warmup = max(50, int(options.rate * min(options.drift_at, options.concept_drift_at) * 0.5))
+    # A window cut short (by the end of the demo) is not reported: its tests would be weak.
+    min_samples = max(30, int(options.rate * options.window * 0.6))
     settings = {
         "receivers": {
             "otlp": {"protocols": {"grpc": {"endpoint": f"{LOCALHOST}:{options.otlp_port}"}, "http": None}}
         },
         "processors": {
-            "drift": {"window": options.window, "warmup": warmup, "min_samples": 30},
+            "drift": {"window": options.window, "warmup": warmup, "min_samples": min_samples},
             "performance": {"window": options.window},
         },
         "exporters": {"prometheus": {"endpoint": f"{LOCALHOST}:{options.metrics_port}"}},

@@ -19,6 +19,9 @@ from prometheus_client import CollectorRegistry, start_http_server
 from pydantic import ValidationError
 
 from modeltel import semconv
+from modeltel_collector.alerting.embedded import EmbeddedAlerting
+from modeltel_collector.alerting.evaluator import RegistrySource
+from modeltel_collector.alerting.policy import AlertPolicies, PolicyError, load_policies
 from modeltel_collector.config import CollectorConfig, ConfigError
 from modeltel_collector.pipeline import Pipeline
 from modeltel_collector.processors.base import Processor, ProcessorContext, available_factories
@@ -77,6 +80,12 @@ class Collector:
 
     def __init__(self, config: CollectorConfig) -> None:
         self.config = config
+        policies: AlertPolicies | None = None
+        if config.alerting is not None:  # refused before anything starts
+            try:
+                policies = load_policies(config.alerting.policies)
+            except PolicyError as error:
+                raise ConfigError(f"alerting.policies: {error}") from None
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self._registry = CollectorRegistry()
         readers: list[MetricReader] = []
@@ -84,6 +93,10 @@ class Collector:
             readers.append(PrometheusMetricReader(registry=self._registry))
         if (otlp := _otlp_metric_reader(config)) is not None:
             readers.append(otlp)
+        alerting_source: RegistrySource | None = None
+        if config.alerting is not None:  # its own reader: the metrics as Prometheus would see them
+            alerting_source = RegistrySource()
+            readers.append(alerting_source.reader)
         self.meter_provider = MeterProvider(
             resource=Resource.create({"service.name": "modeltel-collector"}), metric_readers=readers
         )
@@ -96,6 +109,11 @@ class Collector:
             self._processors(context), meter, max_queue_batches=config.receivers.otlp.max_queue_batches
         )
         self._restore()
+        self.alerting: EmbeddedAlerting | None = None
+        if policies is not None and config.alerting is not None and alerting_source is not None:
+            self.alerting = EmbeddedAlerting(
+                policies, config.alerting, alerting_source, meter, state_dir=config.data_dir
+            )
         self._grpc: GrpcReceiver | None = None
         self._http: uvicorn.Server | None = None
         self._threads: list[threading.Thread] = []
@@ -142,7 +160,9 @@ class Collector:
         os.replace(temporary, self.checkpoint_path)
 
     def start(self) -> Collector:
-        config_hash = self.store.record_config(self.config)
+        policies = self.alerting.policies if self.alerting is not None else None
+        applied = {"alert_policies": policies.model_dump(mode="json")} if policies is not None else None
+        config_hash = self.store.record_config(self.config, applied)
         _logger.info("modeltel: applying configuration %s", config_hash[:12])
         protocols = self.config.receivers.otlp.protocols
         if protocols.grpc is not None:
@@ -159,6 +179,8 @@ class Collector:
             self._prometheus, _ = start_http_server(port, host, registry=self._registry)
         for thread in self._threads:
             thread.start()
+        if self.alerting is not None:
+            self.alerting.start()
         return self
 
     @property
@@ -175,6 +197,8 @@ class Collector:
             thread.join(10)
         self.pipeline.shutdown()
         self.save_checkpoint()
+        if self.alerting is not None:
+            self.alerting.stop()
         if self._prometheus is not None:
             self._prometheus.shutdown()
         self.meter_provider.shutdown()

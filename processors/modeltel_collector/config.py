@@ -168,11 +168,48 @@ class ModelSettings(_Section):
     """Acceptance bands per performance metric, e.g. ``rmse: {max: 7000}``."""
 
 
+class AlertingRetry(_Section):
+    """Retry of a notification that met a connection error, a 5xx or a 429 (``Retry-After`` honoured)."""
+
+    initial_interval: Duration = 1.0
+    """Wait after the first failure; doubled after each further one."""
+    max_interval: Duration = 60.0
+    max_elapsed_time: Duration = 600.0
+    """Give up on a message this long after it was first tried."""
+
+
+class Alerting(_Section):
+    """Embedded alerting: the collector evaluates the alert policies on its own metrics and
+    delivers the notifications itself (Slack, PagerDuty, the generic webhook)."""
+
+    policies: Path
+    """The alert policies (``collector-config/alerts.yaml``), also rendered for Prometheus."""
+    interval: Duration | None = None
+    """Evaluation interval; default the policies' ``evaluation_interval``."""
+    cooldown: Duration | None = None
+    """Wait before notifying a still-firing alert again; default the policies'
+    ``notifications.repeat_interval``."""
+    incidents_dir: Path | None = None
+    """Write ``YYYY-MM-DD-{slug}.md`` here for each alert that starts firing."""
+    receivers: tuple[Literal["slack", "pagerduty", "webhook"], ...] = ("slack", "pagerduty", "webhook")
+    """Receiver kinds notified (routed by model, owner and severity as in ``alerts.yaml``)."""
+    webhook_url: str | None = None
+    """Overrides the policies' ``notifications.webhook_url``."""
+    pagerduty_url: str | None = None
+    """PagerDuty Events API v2 endpoint; default the policies' ``notifications.pagerduty_url`` if
+    set, else PagerDuty's (https://events.pagerduty.com/v2/enqueue)."""
+    timeout: Duration = 10.0
+    """Timeout of one HTTP request to a receiver."""
+    retry: AlertingRetry = AlertingRetry()
+
+
 class CollectorConfig(_Section):
     receivers: Receivers = Receivers()
     processors: Processors = Processors()
     exporters: Exporters = Exporters()
     models: dict[str, ModelSettings] = {}
+    alerting: Alerting | None = None
+    """Off unless given."""
     data_dir: Path = Path("modeltel-data")
 
 

@@ -318,9 +318,13 @@ class Store:
 
     # Configuration versions ----------------------------------------------------------------
 
-    def record_config(self, config: CollectorConfig) -> str:
-        """Record that ``config`` is applied now; return its hash (see :func:`config_hash`)."""
-        data = config.model_dump(mode="json")
+    def record_config(self, config: CollectorConfig, applied: dict[str, Any] | None = None) -> str:
+        """Record that ``config`` is applied now; return its hash (see :func:`config_hash`).
+
+        ``applied`` adds what the configuration only points at, such as the content of the
+        alert policies file, so that a changed threshold is a new version too.
+        """
+        data = {**config.model_dump(mode="json"), **(applied or {})}
         body = canonical_json(data)
         digest = hashlib.sha256(body).hexdigest()
         now = self._now()

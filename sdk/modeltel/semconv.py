@@ -61,6 +61,10 @@ FEATURE_MEAN_METRIC: Final = "ml.feature.mean"
 RECEIVER_ACCEPTED_METRIC: Final = "modeltel.receiver.accepted"
 RECEIVER_REJECTED_METRIC: Final = "modeltel.receiver.rejected"
 RECEIVER_QUEUE_DEPTH_METRIC: Final = "modeltel.receiver.queue_depth"
+ALERTS_FIRING_METRIC: Final = "modeltel.alerts.firing"
+ALERT_EVALUATIONS_METRIC: Final = "modeltel.alerts.evaluations"
+NOTIFICATIONS_SENT_METRIC: Final = "modeltel.notifications.sent"
+NOTIFICATIONS_FAILED_METRIC: Final = "modeltel.notifications.failed"
 
 # Instrumentation scope of everything the SDK emits.
 SCOPE_NAME: Final = "modeltel"

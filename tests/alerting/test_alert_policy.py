@@ -242,6 +242,17 @@ def test_an_adaptive_history_too_short_for_min_samples_is_refused() -> None:
     ) in message
 
 
+def test_an_adaptive_window_that_absorbs_a_change_before_it_can_fire_is_refused() -> None:
+    # for 15m + rate range 5m = 1200 s; k=3 fires only while the change fills under 9% of the window.
+    adaptive = {"direction": "outside", "window": "3h", "warning": 3, "min_stddev": 0.05, "min_samples": 10}
+    message = _problems(_with_policy("PredictionRateAnomalous", adaptive=adaptive))
+    assert (
+        "policies.PredictionRateAnomalous.adaptive.window: too short: a sustained change is absorbed into"
+        " the mean and standard deviation before it can fire (k=3 needs a window of at least 13090 s"
+        " for a for+range of 1200 s) (got 10800.0)"
+    ) in message
+
+
 def test_unknown_placeholders_are_refused() -> None:
     message = _problems(_with_policy("ModelRmseHigh", summary="RMSE of {model} is {value}"))
     assert (

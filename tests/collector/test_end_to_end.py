@@ -9,25 +9,21 @@ HTTP, then each true salary as an ``ml.label`` event over OTLP), and Debian's
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
 import re
-import shutil
-import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
-import pytest
-import yaml
 
 from examples.salary.model import FEATURES
 from tests.conftest import ROOT, AppProcess, telemetry_env
-from tests.otlp_sink import free_port, wait_until
+from tests.daemons import Collector, Daemon, Prometheus, start_collector, start_prometheus
+from tests.otlp_sink import wait_until
 
 WINDOW_S = 3
 """Drift and performance window (``--window``)."""
@@ -38,22 +34,6 @@ RATE, DURATION, DRIFT_AT, LABEL_DELAY = 60, 18, 9, 0.5
 SHIFTED = "years_experience"
 MARGIN_NS = 5_000_000
 """Slack around a request's client-side [sent, answered] interval, which holds its prediction time."""
-PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
-
-
-def _config(tmp_path: Path) -> tuple[Path, dict[str, int]]:
-    ports = {"grpc": free_port(), "http": free_port(), "metrics": free_port()}
-    config = {
-        "receivers": {"otlp": {"protocols": {
-            "grpc": {"endpoint": f"127.0.0.1:{ports['grpc']}"},
-            "http": {"endpoint": f"127.0.0.1:{ports['http']}"},
-        }}},
-        "processors": {"drift": {"warmup": WARMUP, "min_samples": 50}, "performance": {}},
-        "exporters": {"prometheus": {"endpoint": f"127.0.0.1:{ports['metrics']}"}},
-    }  # fmt: skip
-    path = tmp_path / "modeltel.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path, ports
 
 
 def _sample(text: str, metric: str, **labels: str) -> float | None:
@@ -62,35 +42,6 @@ def _sample(text: str, metric: str, **labels: str) -> float | None:
         if all(f'{key}="{value}"' in match.group(1) for key, value in labels.items()):
             return float(match.group(2))
     return None
-
-
-def _scrape(port: int) -> str:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    except httpx.TransportError:
-        return ""
-
-
-def _query(port: int, promql: str) -> list[dict[str, Any]]:
-    """An instant query through Prometheus's HTTP API; [] while it has nothing (or is not up)."""
-    try:
-        response = httpx.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": promql}, timeout=5)
-    except httpx.TransportError:
-        return []
-    body = response.json()
-    assert body["status"] == "success", body
-    return list(body["data"]["result"])
-
-
-def _stop(process: subprocess.Popen[Any]) -> int:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    return process.returncode
 
 
 def _rmse_candidates(records: list[dict[str, Any]]) -> list[tuple[float, int]]:
@@ -136,141 +87,106 @@ def test_app_to_collector_to_prometheus(tmp_path: Path) -> None:
     Prometheus scrapes the collector every second; its instant queries must return the
     values the collector shows (read before and after the query, so they are settled).
     """
-    if not Path(PROMETHEUS).exists():
-        pytest.fail("prometheus is not installed (apt-get install prometheus; .ci/run does it)")
-    config, ports = _config(tmp_path)
-    collector_log = (tmp_path / "collector.log").open("wb")
-    collector = subprocess.Popen(
-        [sys.executable, "-m", "modeltel_collector.cli", "collect", "--config", str(config),
-         "--data-dir", str(tmp_path / "data"), "--window", f"{WINDOW_S}s"],
-        cwd=ROOT, stdout=collector_log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    prometheus_port = free_port()
-    prometheus_config = tmp_path / "prometheus.yml"
-    prometheus_config.write_text(
-        yaml.safe_dump({
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "scrape_configs": [{
-                "job_name": "modeltel",
-                "static_configs": [{"targets": [f"127.0.0.1:{ports['metrics']}"]}],
-            }],
-        })
-    )  # fmt: skip
-    prometheus_log = (tmp_path / "prometheus.log").open("wb")
-    prometheus = subprocess.Popen(
-        [PROMETHEUS, f"--config.file={prometheus_config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{prometheus_port}"],
-        stdout=prometheus_log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    app: AppProcess | None = None
-    loadgen: subprocess.Popen[bytes] | None = None
-    try:
-        wait_until(lambda: "target_info" in _scrape(ports["metrics"]), 30, "the collector's /metrics")
-        env = telemetry_env(f"http://127.0.0.1:{ports['grpc']}")
-        app = AppProcess("examples.salary.app:app", env, factory=False)
-
-        def prometheus_ready() -> bool:
-            assert prometheus.poll() is None, "prometheus exited; see prometheus.log"
-            try:
-                return httpx.get(f"http://127.0.0.1:{prometheus_port}/-/ready", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(prometheus_ready, 30, "prometheus to be ready")
-
+    with contextlib.ExitStack() as cleanup:
+        collector = start_collector(
+            tmp_path / "collector",
+            processors={"drift": {"warmup": WARMUP, "min_samples": 50}, "performance": {}},
+            window_s=WINDOW_S,
+        )
+        cleanup.callback(collector.daemon.stop)
+        prometheus = start_prometheus(tmp_path / "prometheus", targets=[collector.metrics])
+        cleanup.callback(prometheus.daemon.stop)
+        app = AppProcess("examples.salary.app:app", telemetry_env(collector.otlp_grpc), factory=False)
+        cleanup.callback(app.stop)
         record_file = tmp_path / "requests.jsonl"
-        loadgen = subprocess.Popen(
+        loadgen = Daemon(
+            "loadgen",
             [sys.executable, "-m", "examples.salary.loadgen", "--url", app.url, "--rate", str(RATE),
              "--duration", str(DURATION), "--drift-at", str(DRIFT_AT), "--label-delay", str(LABEL_DELAY),
              "--record", str(record_file)],
-            env=telemetry_env(f"http://127.0.0.1:{ports['grpc']}", OTEL_SERVICE_NAME="salary-labeller"),
+            tmp_path / "loadgen.log",
+            env=telemetry_env(collector.otlp_grpc, OTEL_SERVICE_NAME="salary-labeller"),
             cwd=ROOT,
         )  # fmt: skip
+        cleanup.callback(loadgen.stop)
+        try:
+            _check(collector, prometheus, loadgen, record_file)
+        except BaseException:
+            for daemon in (collector.daemon, prometheus.daemon, loadgen):  # shown by pytest with the failure
+                print(f"--- {daemon.name}.log (last 40 lines)", daemon.tail(), sep="\n")
+            raise
 
-        # While the load runs: every drift report of the shifted feature, in order.
-        reports: list[tuple[float, float]] = []
 
-        def load_done() -> bool:
-            text = _scrape(ports["metrics"])
-            psi = _sample(text, "ml_drift_psi", ml_feature_name=SHIFTED)
-            detected = _sample(text, "ml_drift_detected", ml_feature_name=SHIFTED)
-            if psi is not None and detected is not None and (not reports or reports[-1] != (psi, detected)):
-                reports.append((psi, detected))
-            assert loadgen is not None
-            return loadgen.poll() is not None
+def _check(collector: Collector, prometheus: Prometheus, loadgen: Daemon, record_file: Path) -> None:
+    """The assertions of :func:`test_app_to_collector_to_prometheus`, once everything runs."""
+    # While the load runs: every drift report of the shifted feature, in order.
+    reports: list[tuple[float, float]] = []
 
-        wait_until(load_done, DURATION + 30, "the load generator to finish")
-        assert loadgen.returncode == 0
-        records = [json.loads(line) for line in record_file.read_text().splitlines()]
-        answered = [r for r in records if 200 <= r["status"] < 300 and r["prediction_id"]]
-        assert len(answered) == len(records) >= RATE * DURATION * 0.8, "the app answered every request"
+    def load_done() -> bool:
+        text = collector.scrape()
+        psi = _sample(text, "ml_drift_psi", ml_feature_name=SHIFTED)
+        detected = _sample(text, "ml_drift_detected", ml_feature_name=SHIFTED)
+        if psi is not None and detected is not None and (not reports or reports[-1] != (psi, detected)):
+            reports.append((psi, detected))
+        return not loadgen.running()
 
-        # Every label joined, then the RMSE of the latest window (read after the count).
-        joined = wait_until(
-            lambda: (
-                _sample(_scrape(ports["metrics"]), "ml_labels_joined_total", ml_model_name="salary")
-                == len(answered)
-            ),
-            30,
-            f"{len(answered)} labels joined",
-        )
-        assert joined
-        text = _scrape(ports["metrics"])
-        rmse = _sample(text, "ml_performance_rmse", ml_model_name="salary")
-        assert rmse is not None
-        candidates = _rmse_candidates(answered)
-        assert any(math.isclose(rmse, expected, rel_tol=1e-6) for expected, _ in candidates), (
-            rmse,
-            candidates,
-        )
-        assert _sample(text, "ml_predictions_total", ml_model_name="salary") == len(answered)
+    wait_until(load_done, DURATION + 30, "the load generator to finish")
+    assert loadgen.process.returncode == 0, loadgen.tail()
+    records = [json.loads(line) for line in record_file.read_text().splitlines()]
+    answered = [r for r in records if 200 <= r["status"] < 300 and r["prediction_id"]]
+    assert len(answered) == len(records) >= RATE * DURATION * 0.8, "the app answered every request"
 
-        # Drift: the shifted feature flagged, no other, in one scrape.
-        def drifted() -> str | None:
-            text = _scrape(ports["metrics"])
-            return text if _sample(text, "ml_drift_detected", ml_feature_name=SHIFTED) == 1.0 else None
+    # Every label joined, then the RMSE of the latest window (read after the count).
+    joined = wait_until(
+        lambda: (
+            _sample(collector.scrape(), "ml_labels_joined_total", ml_model_name="salary") == len(answered)
+        ),
+        30,
+        f"{len(answered)} labels joined",
+    )
+    assert joined
+    text = collector.scrape()
+    rmse = _sample(text, "ml_performance_rmse", ml_model_name="salary")
+    assert rmse is not None
+    candidates = _rmse_candidates(answered)
+    assert any(math.isclose(rmse, expected, rel_tol=1e-6) for expected, _ in candidates), (
+        rmse,
+        candidates,
+    )
+    assert _sample(text, "ml_predictions_total", ml_model_name="salary") == len(answered)
 
-        text = wait_until(drifted, 30, f"ml_drift_detected for {SHIFTED}")
-        for feature in FEATURES:
-            if feature != SHIFTED:
-                assert _sample(text, "ml_drift_detected", ml_feature_name=feature) == 0.0, feature
-        final_psi = _sample(text, "ml_drift_psi", ml_feature_name=SHIFTED)
-        assert final_psi is not None and final_psi > 0.2
-        assert reports, "drift reports while the load ran"
-        first_psi, first_detected = reports[0]
-        assert first_detected == 0.0, f"the first (baseline) window was flagged: {reports}"
-        assert first_psi < final_psi, reports
+    # Drift: the shifted feature flagged, no other, in one scrape.
+    def drifted() -> str | None:
+        text = collector.scrape()
+        return text if _sample(text, "ml_drift_detected", ml_feature_name=SHIFTED) == 1.0 else None
 
-        # Prometheus scraped the same values.
-        for metric, labels in [("ml_drift_psi", {"ml_feature_name": SHIFTED}),
-                               ("ml_performance_rmse", {"ml_model_name": "salary"})]:  # fmt: skip
-            promql = metric + "{" + ",".join(f'{key}="{value}"' for key, value in labels.items()) + "}"
+    text = wait_until(drifted, 30, f"ml_drift_detected for {SHIFTED}")
+    for feature in FEATURES:
+        if feature != SHIFTED:
+            assert _sample(text, "ml_drift_detected", ml_feature_name=feature) == 0.0, feature
+    final_psi = _sample(text, "ml_drift_psi", ml_feature_name=SHIFTED)
+    assert final_psi is not None and final_psi > 0.2
+    assert reports, "drift reports while the load ran"
+    first_psi, first_detected = reports[0]
+    assert first_detected == 0.0, f"the first (baseline) window was flagged: {reports}"
+    assert first_psi < final_psi, reports
 
-            def same_in_prometheus(promql: str = promql, metric: str = metric, labels: Any = labels) -> bool:
-                before = _sample(_scrape(ports["metrics"]), metric, **labels)
-                result = _query(prometheus_port, promql)
-                after = _sample(_scrape(ports["metrics"]), metric, **labels)
-                return (
-                    len(result) == 1
-                    and before is not None
-                    and before == after == float(result[0]["value"][1])
-                    and result[0]["metric"]["job"] == "modeltel"
-                )
+    # Prometheus scraped the same values.
+    for metric, labels in [("ml_drift_psi", {"ml_feature_name": SHIFTED}),
+                           ("ml_performance_rmse", {"ml_model_name": "salary"})]:  # fmt: skip
+        promql = metric + "{" + ",".join(f'{key}="{value}"' for key, value in labels.items()) + "}"
 
-            wait_until(same_in_prometheus, 20, f"prometheus to return {promql} as the collector shows it")
-        (series,) = _query(prometheus_port, 'ml_performance_rmse{ml_model_name="salary"}')
-        assert float(series["value"][1]) == rmse
-    except BaseException:
-        for log in ("collector.log", "prometheus.log"):  # shown by pytest with the failure
-            print(f"--- {log} (last 40 lines)", *(tmp_path / log).read_text().splitlines()[-40:], sep="\n")
-        raise
-    finally:
-        if loadgen is not None and loadgen.poll() is None:
-            loadgen.kill()
-            loadgen.wait()
-        if app is not None:
-            app.stop()
-        _stop(prometheus)
-        _stop(collector)
-        collector_log.close()
-        prometheus_log.close()
+        def same_in_prometheus(promql: str = promql, metric: str = metric, labels: Any = labels) -> bool:
+            before = _sample(collector.scrape(), metric, **labels)
+            result = prometheus.query(promql)
+            after = _sample(collector.scrape(), metric, **labels)
+            return (
+                len(result) == 1
+                and before is not None
+                and before == after == float(result[0]["value"][1])
+                and result[0]["metric"]["job"] == "modeltel"
+            )
+
+        wait_until(same_in_prometheus, 20, f"prometheus to return {promql} as the collector shows it")
+    (series,) = prometheus.query('ml_performance_rmse{ml_model_name="salary"}')
+    assert float(series["value"][1]) == rmse

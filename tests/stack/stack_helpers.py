@@ -1,4 +1,4 @@
-"""Helpers of the stack tests: the dashboards' queries, and Debian's Prometheus in a child process.
+"""Helpers of the stack tests: the stack's files and the dashboards' queries.
 
 ``dashboard_queries`` lists every PromQL expression of the Grafana dashboards (panel targets
 and template-variable queries) with the Grafana variables replaced, so that a real Prometheus
@@ -9,25 +9,17 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import signal
-import subprocess
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
-
-from tests.otlp_sink import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "collector-config"
 DASHBOARDS = CONFIG / "grafana" / "dashboards"
 PROVISIONING = CONFIG / "grafana" / "provisioning"
-PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
-PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 
 DASHBOARD_UIDS = {"modeltel-service", "modeltel-model-quality", "modeltel-drift", "modeltel-collector"}
 
@@ -124,62 +116,3 @@ def dashboard_queries(
                 where = f"{panel.get('title')!r} {target.get('refId')}"
                 result.append(Query(board["uid"], where, expr, render(expr, rendered)))
     return result
-
-
-class PrometheusProcess:
-    """Debian's ``prometheus`` on a free loopback port with its own TSDB in ``workdir``."""
-
-    def __init__(self, workdir: Path, scrape_targets: list[str] | None = None) -> None:
-        if not Path(PROMETHEUS).exists():
-            raise AssertionError("prometheus is not installed (apt-get install prometheus; .ci/run does it)")
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        workdir.mkdir(parents=True, exist_ok=True)
-        config: dict[str, Any] = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"}}
-        if scrape_targets:
-            config["scrape_configs"] = [
-                {"job_name": "modeltel", "static_configs": [{"targets": scrape_targets}]}
-            ]
-        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-        self.log_path = workdir / "prometheus.log"
-        self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            [
-                PROMETHEUS,
-                f"--config.file={workdir / 'prometheus.yml'}",
-                f"--storage.tsdb.path={workdir / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        wait_until(self._ready, 30, "prometheus to be ready")
-
-    def _ready(self) -> bool:
-        if self.process.poll() is not None:
-            raise AssertionError(f"prometheus exited: {self.log_path.read_text()[-2000:]}")
-        try:
-            return httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    def query(self, promql: str) -> httpx.Response:
-        """``/api/v1/query`` as is: 200 with a result, or 400 with ``errorType: bad_data``."""
-        return httpx.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=10)
-
-    def result(self, promql: str) -> list[dict[str, Any]]:
-        """The result vector of an instant query that must succeed."""
-        response = self.query(promql)
-        body = response.json()
-        assert response.status_code == 200 and body["status"] == "success", (promql, body)
-        return list(body["data"]["result"])
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()

@@ -2,7 +2,7 @@
 
 Every query (panel targets and template variables, with Grafana's variables expanded) is sent
 to a real Prometheus (Debian's, empty TSDB): a syntax error answers 400 ``bad_data``, a valid
-query 200 even with no data. tests/stack/test_stack_dashboards_e2e.py then checks that each
+query 200 even with no data. tests/alerting/test_alerting_end_to_end.py then checks that each
 one returns data from a Prometheus scraping a live collector.
 """
 
@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.daemons import Prometheus, start_prometheus
 from tests.stack.stack_helpers import (
     DASHBOARD_UIDS,
     DASHBOARDS,
     PROVISIONING,
     ROOT,
-    PrometheusProcess,
     dashboard_queries,
     load_dashboards,
     panels,
@@ -28,10 +28,10 @@ from tests.stack.stack_helpers import (
 
 
 @pytest.fixture(scope="module")
-def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusProcess]:
-    server = PrometheusProcess(tmp_path_factory.mktemp("prometheus"))
+def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
+    server = start_prometheus(tmp_path_factory.mktemp("prometheus"))
     yield server
-    server.stop()
+    server.daemon.stop()
 
 
 def test_dashboards_are_json_with_the_expected_uids() -> None:
@@ -99,19 +99,19 @@ def test_dashboard_contents() -> None:
             assert {"model", "version"} <= variables
 
 
-def test_every_query_parses(prometheus: PrometheusProcess) -> None:
+def test_every_query_parses(prometheus: Prometheus) -> None:
     queries = dashboard_queries()
     assert len(queries) > 30
     for query in queries:
-        response = prometheus.query(query.promql)
+        response = prometheus.query_response(query.promql)
         assert response.status_code == 200, (
             f"{query.dashboard} {query.where}: {query.promql}\n{response.text}"
         )
 
 
-def test_parse_check_catches_errors(prometheus: PrometheusProcess) -> None:
+def test_parse_check_catches_errors(prometheus: Prometheus) -> None:
     """The check above is real: Prometheus refuses broken PromQL with 400."""
-    response = prometheus.query("sum by (le (rate(x[1m]))")
+    response = prometheus.query_response("sum by (le (rate(x[1m]))")
     assert response.status_code == 400 and response.json()["errorType"] == "bad_data"
 
 

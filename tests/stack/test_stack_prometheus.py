@@ -3,29 +3,19 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.stack.stack_helpers import CONFIG, PROMTOOL
+from tests.daemons import check_tool
+from tests.stack.stack_helpers import CONFIG
 
 PROMETHEUS_DIR = CONFIG / "prometheus"
 
 
-def _check_config(path: Path) -> subprocess.CompletedProcess[str]:
-    if not Path(PROMTOOL).exists():
-        pytest.fail("promtool is not installed (apt-get install prometheus)")
-    return subprocess.run(
-        [PROMTOOL, "check", "config", str(path)], capture_output=True, text=True, timeout=60
-    )
-
-
 def test_promtool_check_config() -> None:
-    result = _check_config(PROMETHEUS_DIR / "prometheus.yml")
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS" in result.stdout
+    assert "SUCCESS" in check_tool("promtool", "check", "config", str(PROMETHEUS_DIR / "prometheus.yml"))
 
 
 def test_rule_files_are_the_rendered_rules(tmp_path: Path) -> None:
@@ -40,9 +30,9 @@ def test_rule_files_are_the_rendered_rules(tmp_path: Path) -> None:
     (copy / "rules" / "modeltel-alerts.yml").write_text(
         "groups:\n- name: g\n  rules:\n  - alert: Broken\n    expr: rate(x[5m]\n"
     )
-    result = _check_config(copy / "prometheus.yml")
-    assert result.returncode != 0
-    assert "modeltel-alerts.yml" in result.stdout + result.stderr
+    with pytest.raises(AssertionError, match=" failed:\n") as failed:  # promtool exited non-zero
+        check_tool("promtool", "check", "config", str(copy / "prometheus.yml"))
+    assert "modeltel-alerts.yml" in str(failed.value).split(" failed:\n", 1)[1]
 
 
 def test_scrape_and_alerting_targets() -> None:

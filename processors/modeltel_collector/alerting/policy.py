@@ -21,6 +21,7 @@ modeltel_collector.alerting.policy.PolicyError: invalid alert policies:
 
 from __future__ import annotations
 
+import math
 import re
 import string
 from collections.abc import Callable, Mapping
@@ -222,6 +223,8 @@ class Notifications(_Strict):
     pagerduty_routing_key_file: str
     webhook_url: str
     """Generic webhook receiving every alert (e.g. an incident writer)."""
+    pagerduty_url: str | None = None
+    """PagerDuty Events API v2 endpoint (Alertmanager's default when unset)."""
     group_by: tuple[str, ...] = ("alertname", "ml_model_name")
     group_wait: Duration = 30.0
     group_interval: Duration = 300.0
@@ -344,8 +347,21 @@ def _threshold_problems(where: str, policy: Policy) -> list[Problem]:
         return [(f"{where}.adaptive", "give a warning or a critical k (or both)", None)]
     if len(levels) == 2 and levels[0][1] >= levels[1][1]:
         return [(f"{where}.adaptive.warning", f"must be below critical ({levels[1][1]:g})", levels[0][1])]
-    if adaptive.window <= policy.for_:
-        return [(f"{where}.adaptive.window", "must be longer than the policy's for", adaptive.window)]
+    # A sustained step enters the window's mean and standard deviation as it lasts: after a share f of the
+    # window it lies (1 - f) / sqrt(f) standard deviations from the mean, so past f(k) it can no longer fire.
+    k = levels[-1][1]
+    share = ((math.sqrt(k * k + 4) - k) / 2) ** 2
+    delay = policy.for_ + (0.0 if policy.condition.is_gauge else policy.condition.range_seconds)
+    if adaptive.window * share < delay:
+        return [
+            (
+                f"{where}.adaptive.window",
+                "too short: a sustained change is absorbed into the mean and standard deviation"
+                f" before it can fire (k={k:g} needs a window of at least"
+                f" {math.ceil(delay / share)} s for a for+range of {delay:g} s)",
+                adaptive.window,
+            )
+        ]
     return []
 
 

@@ -192,7 +192,11 @@ def alertmanager_config(config: AlertPolicies) -> dict[str, Any]:
     routes += [_team_route(f'ml_model_name="{model}"', route.owner) for model, route in config.models.items()]
     routes += [_team_route(f'owner="{team}"', team) for team in config.teams]
     return {
-        "global": {"resolve_timeout": "5m", "slack_api_url_file": notifications.slack_api_url_file},
+        "global": {
+            "resolve_timeout": "5m",
+            "slack_api_url_file": notifications.slack_api_url_file,
+            **({"pagerduty_url": notifications.pagerduty_url} if notifications.pagerduty_url else {}),
+        },
         "route": {
             "receiver": WEBHOOK_RECEIVER,
             "group_by": list(notifications.group_by),
