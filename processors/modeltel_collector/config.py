@@ -252,16 +252,21 @@ def parse_config(data: Any) -> CollectorConfig:
         raise ConfigError(f"invalid collector configuration:\n{problems}") from None
 
 
+def read_yaml(path: Path, error: type[Exception]) -> Any:
+    """The YAML document in ``path``; ``error`` naming the file if it cannot be read or parsed."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except OSError as cause:
+        raise error(f"cannot read {path}: {cause.strerror}") from None
+    except yaml.YAMLError as cause:
+        raise error(f"{path} is not valid YAML: {cause}") from None
+
+
 def load_config(path: Path | None) -> CollectorConfig:
     """The configuration in ``path``, or the defaults when ``path`` is None."""
     if path is None:
         return CollectorConfig()
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as error:
-        raise ConfigError(f"cannot read {path}: {error.strerror}") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    data = read_yaml(path, ConfigError)
     try:
         return parse_config(data)
     except ConfigError as error:

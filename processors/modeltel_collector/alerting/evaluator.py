@@ -217,24 +217,26 @@ def _group(labels: Mapping[str, str], by: Sequence[str]) -> LabelKey:
     return tuple((name, labels[name]) for name in sorted(by) if labels.get(name, ""))
 
 
-class _RangeBuffer:
-    """The selected series' samples of the last ``range`` seconds, for ``rate``."""
+class _Recent:
+    """Each series' (time, value) points of the last ``span`` seconds, at most ``maxlen`` each."""
 
-    def __init__(self, range_s: float, interval: float) -> None:
-        self.range_s = range_s
-        self.maxlen = int(range_s / interval) + 2 if interval > 0 else None
+    def __init__(self, span: float, maxlen: int | None) -> None:
+        self.span = span
+        self.maxlen = maxlen
         self.series: dict[LabelKey, deque[tuple[float, float]]] = {}
 
-    def add(self, now: float, samples: Iterable[Sample]) -> None:
-        for sample in samples:
-            key = label_key(sample.labels)
+    def record(self, now: float, values: Iterable[tuple[LabelKey, float]], *, keep_first: bool) -> None:
+        """Append ``now``'s values; at a time already recorded keep the first value or the last."""
+        for key, value in values:
             points = self.series.get(key)
             if points is None:
                 points = self.series[key] = deque(maxlen=self.maxlen)
             if points and points[-1][0] >= now:
-                continue  # evaluated twice at one time: keep the first
-            points.append((now, sample.value))
-        horizon = now - self.range_s
+                if keep_first:
+                    continue
+                points.pop()
+            points.append((now, value))
+        horizon = now - self.span
         for key in list(self.series):
             points = self.series[key]
             while points and points[0][0] <= horizon:
@@ -242,10 +244,30 @@ class _RangeBuffer:
             if not points:
                 del self.series[key]
 
+    def to_state(self) -> list[Any]:
+        return [[list(map(list, key)), list(map(list, points))] for key, points in self.series.items()]
+
+    def load_state(self, state: Sequence[Any]) -> None:
+        for key, points in state:
+            restored: deque[tuple[float, float]] = deque(maxlen=self.maxlen)
+            restored.extend((float(t), float(v)) for t, v in points)
+            self.series[tuple((str(k), str(v)) for k, v in key)] = restored
+
+
+class _RangeBuffer(_Recent):
+    """The selected series' samples of the last ``range`` seconds, for ``rate``."""
+
+    def __init__(self, range_s: float, interval: float) -> None:
+        super().__init__(range_s, int(range_s / interval) + 2 if interval > 0 else None)
+
+    def add(self, now: float, samples: Iterable[Sample]) -> None:
+        # Evaluated twice at one time: the first sample counts.
+        self.record(now, ((label_key(sample.labels), sample.value) for sample in samples), keep_first=True)
+
     def rates(self, now: float) -> dict[LabelKey, float]:
         rates = {}
         for key, points in self.series.items():
-            rate = extrapolated_rate(points, now, self.range_s)
+            rate = extrapolated_rate(points, now, self.span)
             if rate is not None:
                 rates[key] = rate
         return rates
@@ -322,19 +344,11 @@ class ConditionState:
     def checkpoint(self) -> dict[str, Any]:
         if self.buffer is None:
             return {}
-        return {
-            "series": [
-                [list(map(list, key)), list(map(list, pts))] for key, pts in self.buffer.series.items()
-            ]
-        }
+        return {"series": self.buffer.to_state()}
 
     def restore(self, state: Mapping[str, Any]) -> None:
-        if self.buffer is None:
-            return
-        for key, points in state.get("series", []):
-            restored: deque[tuple[float, float]] = deque(maxlen=self.buffer.maxlen)
-            restored.extend((float(t), float(v)) for t, v in points)
-            self.buffer.series[tuple((str(k), str(v)) for k, v in key)] = restored
+        if self.buffer is not None:
+            self.buffer.load_state(state.get("series", []))
 
 
 # --- alerts ----------------------------------------------------------------------------------------
@@ -393,29 +407,8 @@ def alert_annotations(
     }
 
 
-class _History:
+class _History(_Recent):
     """An adaptive policy's values per series over its window (at most ``maxlen`` each)."""
-
-    def __init__(self, window: float, maxlen: int) -> None:
-        self.window = window
-        self.maxlen = maxlen
-        self.series: dict[LabelKey, deque[tuple[float, float]]] = {}
-
-    def record(self, values: Mapping[LabelKey, float], now: float) -> None:
-        for key, value in values.items():
-            points = self.series.get(key)
-            if points is None:
-                points = self.series[key] = deque(maxlen=self.maxlen)
-            if points and points[-1][0] >= now:
-                points.pop()
-            points.append((now, value))
-        horizon = now - self.window
-        for key in list(self.series):
-            points = self.series[key]
-            while points and points[0][0] <= horizon:
-                points.popleft()
-            if not points:
-                del self.series[key]
 
     def stats(self, key: LabelKey) -> tuple[int, float, float]:
         """(count, mean, population standard deviation) of the series' recorded values."""
@@ -479,7 +472,7 @@ class Evaluator:
         values = self._conditions[policy.alert].evaluate(samples, now)
         history = self._histories.get(policy.alert)
         if history is not None:
-            history.record(values, now)
+            history.record(now, values.items(), keep_first=False)  # the latest value counts
         return values
 
     def _breaches(self, rule: _Rule, values: Mapping[LabelKey, float]) -> dict[LabelKey, float]:
@@ -560,10 +553,7 @@ class Evaluator:
         """The range samples, adaptive histories and active alerts, as JSON-able data."""
         return {
             "conditions": {name: state.checkpoint() for name, state in self._conditions.items()},
-            "histories": {
-                name: [[list(map(list, key)), list(map(list, points))] for key, points in h.series.items()]
-                for name, h in self._histories.items()
-            },
+            "histories": {name: history.to_state() for name, history in self._histories.items()},
             "alerts": [
                 {
                     "alert": rule.policy.alert,
@@ -586,12 +576,8 @@ class Evaluator:
                 self._conditions[name].restore(condition)
         for name, series in state.get("histories", {}).items():
             history = self._histories.get(name)
-            if history is None:
-                continue
-            for key, points in series:
-                restored: deque[tuple[float, float]] = deque(maxlen=history.maxlen)
-                restored.extend((float(t), float(v)) for t, v in points)
-                history.series[tuple((str(k), str(v)) for k, v in key)] = restored
+            if history is not None:
+                history.load_state(series)
         rules = {(rule.policy.alert, rule.severity): rule for rule in self._rules}
         for entry in state.get("alerts", []):
             rule = rules.get((entry["alert"], entry["severity"]))

@@ -29,10 +29,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import quote_plus
 
-import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from modeltel_collector.config import Duration
+from modeltel_collector.config import Duration, read_yaml
 
 Severity = Literal["warning", "critical"]
 SEVERITIES: tuple[Severity, ...] = ("warning", "critical")
@@ -504,12 +503,7 @@ def parse_policies(data: Any) -> AlertPolicies:
 
 def load_policies(path: Path) -> AlertPolicies:
     """The policies in ``path``."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as error:
-        raise PolicyError(f"cannot read {path}: {error.strerror}") from None
-    except yaml.YAMLError as error:
-        raise PolicyError(f"{path} is not valid YAML: {error}") from None
+    data = read_yaml(path, PolicyError)
     try:
         return parse_policies(data)
     except PolicyError as error:

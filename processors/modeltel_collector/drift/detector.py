@@ -234,8 +234,9 @@ def compare(
         current: npt.NDArray[Any]
         if numeric:
             reference, current = profile.proportions, window.bin_counts
-            ks_stat, ks_p = statistics.ks_test(profile.sample, window.reservoir.sample)
-            wass = statistics.normalised_wasserstein(profile.sample, window.reservoir.sample, profile.scale)
+            ks_stat, ks_p, wass = statistics.sample_distances(
+                profile.sample, window.reservoir.sample, profile.scale
+            )
         else:
             reference, current = profile.category_weights(), window.category_weights()
             chi2_stat, chi2_p = statistics.chi_square_test(reference, current, method="two_sample")

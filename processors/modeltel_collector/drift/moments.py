@@ -55,13 +55,15 @@ class Moments:
         self.max = -math.inf
 
     def update(self, values: npt.NDArray[np.float64]) -> None:
-        """Add a chunk of finite float values (filter NaN/inf out beforehand)."""
+        """Add a 1-d chunk of finite float values (filter NaN/inf out beforehand)."""
         n = int(values.size)
         if n == 0:
             return
-        mean = float(values.mean())
-        m2 = float(np.square(values - mean).sum())
-        self._merge(n, mean, m2, float(values.min()), float(values.max()))
+        mean = float(np.add.reduce(values)) / n
+        deviations = values - mean
+        deviations *= deviations
+        m2 = float(np.add.reduce(deviations))
+        self._merge(n, mean, m2, float(np.minimum.reduce(values)), float(np.maximum.reduce(values)))
 
     def _merge(self, n_b: int, mean_b: float, m2_b: float, min_b: float, max_b: float) -> None:
         n_a = self.count

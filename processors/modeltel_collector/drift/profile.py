@@ -21,9 +21,11 @@ import numpy as np
 import numpy.typing as npt
 
 from modeltel_collector.drift.columns import (
+    DEFAULT_PENDING,
     CategoryCounter,
     FeatureKind,
-    category_counts,
+    ValueBuffer,
+    count_categories,
     finite_values,
     infer_kind,
 )
@@ -35,6 +37,8 @@ FORMAT = 1
 
 DEFAULT_BINS = 10
 DEFAULT_MAX_CATEGORIES = 1000
+COMPARE_MAX_EDGES = 32
+"""Up to this many cut points, :meth:`ReferenceProfile.bin_counts` compares instead of searching."""
 
 
 def canonical_json(data: Any) -> bytes:
@@ -191,9 +195,20 @@ class ReferenceProfile:
         return np.searchsorted(self.edges, values, side="right")
 
     def bin_counts(self, values: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
-        """Counts of (present) values on the reference bins."""
-        counts = np.bincount(self.bin_index(values), minlength=self.edges.size + 1)
-        return counts.astype(np.int64)
+        """Counts of (present) values on the reference bins, as :meth:`bin_index` bins them.
+
+        With up to :data:`COMPARE_MAX_EDGES` cut points, from the number of values at or
+        above each cut (one vectorised comparison per cut and value): a binary search per
+        value (``np.searchsorted``) mispredicts a branch at most of its steps on real data,
+        and costs about 20 ns a value against 4 for the comparisons with 9 cuts.
+        """
+        edges = self.edges
+        if edges.size > COMPARE_MAX_EDGES:
+            counts = np.bincount(edges.searchsorted(values, side="right"), minlength=edges.size + 1)
+            return counts.astype(np.int64, copy=False)
+        at_least = (values >= edges[:, np.newaxis]).sum(axis=1, dtype=np.int64)
+        result: npt.NDArray[np.int64] = -np.diff(np.concatenate(([values.size], at_least, [0])))
+        return result
 
     def category_weights(self) -> npt.NDArray[np.int64]:
         """Counts of :attr:`categories` followed by the pooled ``"__other__"`` count."""
@@ -264,8 +279,12 @@ class ProfileBuilder:
     """Builds a :class:`ReferenceProfile` from chunks of one feature, in bounded memory.
 
     Memory is ``O(sample_size)`` for a numeric feature (moments and a :class:`Reservoir`)
-    and ``O(max_categories)`` for a categorical one, whatever the number of chunks; each
-    chunk is processed with whole-array numpy operations.
+    and ``O(max_categories)`` for a categorical one, whatever the number of chunks. Numeric
+    chunks are processed with whole-array numpy operations, small ones a few thousand
+    values at a time (held in a :class:`~modeltel_collector.drift.columns.ValueBuffer`
+    until then, or until :attr:`moments` or :attr:`reservoir` is read or :meth:`build`
+    called), as in :class:`~modeltel_collector.drift.window.FeatureWindow`; categorical
+    ones are counted with a ``collections.Counter``.
 
     Parameters
     ----------
@@ -311,9 +330,22 @@ class ProfileBuilder:
         self.bins = bins
         self.count = 0
         self.missing = 0
-        self.moments = Moments()
-        self.reservoir = Reservoir(sample_size, seed)
+        self._moments = Moments()
+        self._reservoir = Reservoir(sample_size, seed)
+        self._pending = ValueBuffer(DEFAULT_PENDING)
         self.counter = CategoryCounter(max_categories)
+
+    @property
+    def moments(self) -> Moments:
+        """Numeric: moments of the present values so far."""
+        self._flush()
+        return self._moments
+
+    @property
+    def reservoir(self) -> Reservoir:
+        """Numeric: uniform sample of the present values so far."""
+        self._flush()
+        return self._reservoir
 
     def update(self, values: npt.ArrayLike) -> None:
         """Add one chunk of values (float64 with NaN, or object with None, for missing)."""
@@ -322,14 +354,24 @@ class ProfileBuilder:
             self.kind = infer_kind(array)
         if self.kind == "numeric":
             present, missing = finite_values(array)
-            self.moments.update(present)
-            self.reservoir.update(present)
-            self.count += int(present.size)
+            if present.size:
+                self.count += int(present.size)
+                bulk = self._pending.push(present)
+                if bulk is not None:
+                    self._add(bulk)
         else:
-            categories, counts, missing = category_counts(array)
-            self.counter.update(categories, counts)
-            self.count += int(counts.sum())
+            counts, missing = count_categories(array)
+            self.counter.add(counts)
+            self.count += sum(counts.values())
         self.missing += missing
+
+    def _add(self, values: npt.NDArray[np.float64]) -> None:
+        self._moments.update(values)
+        self._reservoir.update(values)
+
+    def _flush(self) -> None:
+        if len(self._pending):
+            self._add(self._pending.take())
 
     def build(self) -> ReferenceProfile:
         """The profile of everything seen so far (the builder can keep consuming)."""
@@ -350,14 +392,15 @@ class ProfileBuilder:
                 edges=edges,
                 proportions=proportions.astype(np.float64),
             )
-        order = np.lexsort((self.counter.categories, -self.counter.counts))
+        categories, counts = self.counter.categories, self.counter.counts
+        order = np.lexsort((categories, -counts))
         return ReferenceProfile(
             self.name,
             kind,
             self.count,
             self.missing,
-            categories=tuple(self.counter.categories[order].tolist()),
-            category_counts=self.counter.counts[order].copy(),
+            categories=tuple(categories[order].tolist()),
+            category_counts=counts[order],
             other_count=self.counter.other,
         )
 

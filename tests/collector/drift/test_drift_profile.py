@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from modeltel_collector.drift import ModelProfile, ModelProfileBuilder, ProfileBuilder, ReferenceProfile
+from modeltel_collector.drift import reservoir as reservoir_module
 from modeltel_collector.drift.columns import CategoryCounter
 from modeltel_collector.drift.moments import Moments
 from modeltel_collector.drift.profile import quantile_edges
@@ -91,20 +93,76 @@ def test_reservoir_is_uniform() -> None:
     assert np.all(np.abs(thirds - size / 3) < 5 * np.sqrt(size / 3))
 
 
-def test_reservoir_equals_sequential_algorithm_r_in_any_chunking() -> None:
-    values = np.random.default_rng(6).normal(size=3_000)
-    size = 100
-    rng = np.random.default_rng(11)
-    expected = list(values[:size])
-    for t in range(size, values.size):
-        slot = rng.integers(0, t + 1)
-        if slot < size:
-            expected[slot] = values[t]
-    for chunks in (1, 7, 3_000):
-        reservoir = Reservoir(size=size, seed=11)
-        for chunk in np.array_split(values, chunks):
-            reservoir.update(chunk)
-        np.testing.assert_array_equal(reservoir.sample, expected)
+CHUNKINGS = {
+    "one at a time": [1] * 10,
+    "crossing the fill": [2, 4, 4],
+    "fill, then one chunk": [3, 7],
+    "all at once": [10],
+    "uneven": [1, 3, 2, 4],
+}
+
+
+@pytest.mark.parametrize("algorithm", ["hypergeometric", "algorithm R"])
+@pytest.mark.parametrize("chunking", list(CHUNKINGS))
+def test_reservoir_keeps_every_subset_equally_often(
+    algorithm: str, chunking: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Joint uniformity: over many seeds, each of the 120 subsets of 3 out of 10 is equally likely.
+
+    Whatever the chunks, and for both merges: hypergeometric, and vectorised Algorithm R
+    (used beyond 10**9 values, forced here by lowering the limit to 0). Pearson's
+    chi-square over the 120 subsets.
+    """
+    if algorithm == "algorithm R":
+        monkeypatch.setattr(reservoir_module, "_HYPERGEOMETRIC_LIMIT", 0)
+    n, size, seeds = 10, 3, 6_000
+    stream = np.arange(n, dtype=np.float64)
+    bounds = np.cumsum([0, *CHUNKINGS[chunking]])
+    assert bounds[-1] == n
+    subsets = {subset: i for i, subset in enumerate(itertools.combinations(range(n), size))}
+    counts = np.zeros(len(subsets), dtype=np.int64)
+    for seed in range(seeds):
+        reservoir = Reservoir(size=size, seed=seed)
+        for start, stop in itertools.pairwise(bounds):
+            reservoir.update(stream[start:stop])
+        assert reservoir.seen == n and reservoir.sample.size == size
+        counts[subsets[tuple(sorted(reservoir.sample.astype(int).tolist()))]] += 1
+    assert stats.chisquare(counts).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("bounds", [[0, 30, 31, 90, 250, 251, 252, 400, 600], [0, 600]])
+def test_reservoir_inclusion_frequencies_are_uniform_over_seeds(bounds: list[int]) -> None:
+    """Each of 600 values is kept in a 50-value sample 50/600 of the time, over 2,000 seeds.
+
+    The inclusion counts have covariance ``S p (1 - p) N / (N - 1) (I - 11'/N)`` (a sample
+    without replacement), so the scaled sum of squares is chi-square with ``N - 1`` df.
+    """
+    n, size, seeds = 600, 50, 2_000
+    stream = np.arange(n, dtype=np.float64)
+    inclusion = np.zeros(n, dtype=np.int64)
+    for seed in range(seeds):
+        reservoir = Reservoir(size=size, seed=seed)
+        for start, stop in itertools.pairwise(bounds):
+            reservoir.update(stream[start:stop])
+        inclusion[reservoir.sample.astype(int)] += 1
+    p = size / n
+    statistic = np.sum((inclusion - seeds * p) ** 2) * (n - 1) / (seeds * p * (1 - p) * n)
+    assert stats.chi2.sf(statistic, n - 1) > 1e-3
+
+
+def test_builder_holds_small_chunks_and_processes_them_together() -> None:
+    rng = np.random.default_rng(6)
+    data = rng.normal(size=20_000)
+    one_by_one, together = ProfileBuilder("x"), ProfileBuilder("x")
+    for chunk in np.array_split(data, 97):
+        one_by_one.update(chunk)
+        assert len(one_by_one._pending) <= 4_096  # bounded
+    together.update(data)
+    assert one_by_one.count == together.count == data.size
+    assert one_by_one.moments.count == data.size  # reading the moments processes what is held
+    assert one_by_one.moments.mean == pytest.approx(together.moments.mean, rel=1e-12)
+    assert one_by_one.moments.variance() == pytest.approx(together.moments.variance(), rel=1e-12)
+    assert one_by_one.reservoir.seen == data.size and len(one_by_one._pending) == 0
 
 
 def test_quantile_bins_of_a_continuous_feature_hold_tenths() -> None:

@@ -12,6 +12,7 @@ from modeltel_collector.drift import FeatureWindow, ProfileBuilder, compare
 from modeltel_collector.drift.statistics import (
     DEFAULT_EPS,
     ChiSquareMethod,
+    _prob_outside_square,
     chi_square_test,
     hellinger,
     js_distance,
@@ -19,6 +20,7 @@ from modeltel_collector.drift.statistics import (
     ks_test,
     normalised_wasserstein,
     psi,
+    sample_distances,
     total_variation,
 )
 
@@ -73,7 +75,47 @@ def test_wasserstein_equals_scipy() -> None:
     distance = stats.wasserstein_distance(reference, current)
     assert profile.scale == pytest.approx(np.std(reference, ddof=1), rel=1e-12)
     assert result.wasserstein == pytest.approx(distance / np.std(reference, ddof=1), rel=1e-12)
-    assert normalised_wasserstein(reference, current, 2.0) == distance / 2.0
+    # Same terms as scipy's integral, summed in another order.
+    assert normalised_wasserstein(reference, current, 2.0) == pytest.approx(distance / 2.0, rel=1e-12)
+
+
+def random_pair(rng: np.random.Generator, n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Continuous, shifted, or tied (integer) samples, sizes ``n`` and ``m``."""
+    kind = rng.integers(0, 3)
+    if kind == 0:
+        return rng.normal(size=n), rng.normal(size=m)
+    if kind == 1:
+        shift = rng.choice([0.02, 0.1, 0.3, 1.0, 5.0])
+        return rng.normal(size=n), rng.normal(shift, 1.0 + 0.3 * rng.random(), m)
+    return rng.integers(0, 5, n).astype(float), (rng.integers(0, 5, m) + rng.integers(0, 2)).astype(float)
+
+
+@pytest.mark.parametrize("sizes", ["equal", "unequal"])
+def test_ks_and_wasserstein_together_equal_scipy_bit_for_bit(sizes: str) -> None:
+    """Equal sizes up to 10,000 take the truncated exact p-value; others call ks_2samp."""
+    rng = np.random.default_rng(11)
+    for _ in range(150):
+        n = int(rng.choice([1, 2, 3, 8, 50, 333, 1_000, 10_000]))
+        m = n if sizes == "equal" else int(rng.integers(1, 3_000))
+        a, b = random_pair(rng, n, m)
+        statistic, pvalue, wasserstein = sample_distances(a, rng.permutation(b), scale=2.0)
+        expected = stats.ks_2samp(a, b)
+        assert (statistic, pvalue) == (expected.statistic, expected.pvalue), (n, m)
+        assert ks_test(a, b) == (statistic, pvalue)
+        assert wasserstein == pytest.approx(stats.wasserstein_distance(a, b) / 2.0, rel=1e-12, abs=0)
+
+
+def test_truncated_exact_ks_pvalue_equals_scipys_sum_for_every_h() -> None:
+    """The truncated sum against scipy's own routine: all ``h`` for small ``n``, a grid at 10,000."""
+    from scipy.stats import _stats_py
+
+    # A private routine of the scipy that constraints.txt pins: if an upgrade removes it, compare
+    # _prob_outside_square with the new one (the public ks_2samp comparison above still holds).
+    reference = _stats_py._compute_prob_outside_square
+    cases = [(n, h) for n in range(1, 61) for h in range(1, n + 1)]
+    cases += [(10_000, h) for h in [*range(1, 200, 7), *range(200, 10_001, 613)]]
+    for n, h in cases:
+        assert _prob_outside_square(n, h) == reference(n, h), (n, h)
 
 
 def test_wasserstein_zero_scale_is_guarded() -> None:
