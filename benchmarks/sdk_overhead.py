@@ -162,7 +162,10 @@ def run_collector() -> None:
                     0,
                 )
 
-        def consume_logs(self, request: Any) -> Any:
+        def consume_logs(self, payload: bytes) -> Any:
+            from modeltel_collector.receivers.signals import LOGS
+
+            request = LOGS.parse(payload)  # logs arrive serialized
             records = events = 0
             for resource_logs in request.resource_logs:
                 for scope_logs in resource_logs.scope_logs:

@@ -17,6 +17,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from modeltel_collector.otlp_values import any_value, attributes
 from modeltel_collector.receivers import GrpcReceiver, http_receiver_app
 from modeltel_collector.receivers.consumer import ACCEPTED, ExportOutcome
+from modeltel_collector.receivers.signals import LOGS
 
 
 def free_port() -> int:
@@ -49,7 +50,11 @@ class Event:
 
 
 class RecordingConsumer:
-    """Keeps every request it receives; thread-safe."""
+    """Keeps every request it receives, logs decoded (they arrive serialized); thread-safe.
+
+    Logs that are not an ``ExportLogsServiceRequest`` are refused as the collector refuses
+    them (:class:`InvalidPayload`, INVALID_ARGUMENT / 400) and not kept.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -57,7 +62,8 @@ class RecordingConsumer:
         self.traces: list[ExportTraceServiceRequest] = []
         self.metrics: list[ExportMetricsServiceRequest] = []
 
-    def consume_logs(self, request: ExportLogsServiceRequest) -> ExportOutcome:
+    def consume_logs(self, payload: bytes) -> ExportOutcome:
+        request = LOGS.parse(payload)
         with self._lock:
             self.logs.append(request)
         return ACCEPTED

@@ -7,11 +7,17 @@ so the store writes every prediction once; that write is what this module keeps 
   on :meth:`LabelStore.flush`) as one Arrow IPC blob per (model, version, partition) in the
   ``prediction_chunks`` table: one SQLite row for thousands of predictions.
 - **Key index.** Each prediction's key, a 64-bit hash of ``(model, prediction id)``
-  (:func:`prediction_keys`, seeded per store), goes into an ``INTEGER PRIMARY KEY`` table of
-  its time partition, with its chunk and row and a ``joined`` flag: two small integers per
-  prediction, inserted sorted in one statement per flush. A label finds its prediction
+  (:func:`prediction_keys`, seeded per store), goes into the key index of its time
+  partition with its chunk and row and a ``joined`` flag. A label finds its prediction
   through the key, and the join then checks the chunk's model and id, so a hash collision
   can at worst miss a join, never join the wrong pair.
+- **Sorted runs.** Keys are random, so one growing B-tree would rewrite a page for nearly
+  every key once it outgrows a flush: the cost per prediction would grow with the index. Each
+  flush instead writes its keys, sorted, as a new ``INTEGER PRIMARY KEY`` table (a *run*);
+  every ``MERGE_FANOUT`` runs of one level are merged, in key order, into one run of the next
+  level, as in a log-structured merge tree. Writes are sequential and a key is rewritten once
+  per level (a logarithmic number of times); a lookup probes each run, at most
+  ``MERGE_FANOUT - 1`` per level.
 - **Partitions.** The key index is split by prediction time into partitions an eighth of
   the TTL wide; :meth:`LabelStore.expire` drops whole partitions (and their chunks) once they
   end before ``now - ttl``, so expiry never deletes row by row. A prediction therefore stays
@@ -32,6 +38,7 @@ opened with ``check_same_thread=False`` so it may be created on another thread.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import hashlib
 import logging
 import secrets
@@ -51,7 +58,7 @@ from modeltel_collector.batch import LabelBatch, PredictionBatch
 
 _logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """``PRAGMA user_version`` of the label store's file."""
 
 FLUSH_ROWS = 20_000
@@ -60,7 +67,10 @@ FLUSH_ROWS = 20_000
 PARTITIONS_PER_TTL = 8
 """Key-index partitions per TTL: predictions are kept between 1 and 1 + 1/8 TTLs."""
 
-CACHED_CHUNKS = 16
+MERGE_FANOUT = 4
+"""Sorted runs of one size merged into one run of the next size (see the module docstring)."""
+
+CACHED_CHUNKS = 4
 """Decoded chunks kept in memory for label joins (recent predictions are the likely ones)."""
 
 _ROW_BITS = 24
@@ -73,6 +83,11 @@ CREATE TABLE IF NOT EXISTS partitions (
     part INTEGER PRIMARY KEY,
     start_unix_nano INTEGER NOT NULL,
     end_unix_nano INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS key_runs (
+    run INTEGER PRIMARY KEY,
+    part INTEGER NOT NULL,
+    level INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS prediction_chunks (
     chunk INTEGER PRIMARY KEY,
@@ -299,7 +314,6 @@ class LabelStore:
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA cache_size=-65536")  # 64 MiB: the key index's hot pages
         self._upgrade()
         self._db.executescript(_SCHEMA)
         self._seed = self._meta("key_seed", secrets.randbits(63))
@@ -363,6 +377,8 @@ class LabelStore:
         fresh = self._fresh(keys)
         if fresh.size < len(batch):
             batch, keys = _take_batch(batch, fresh), keys[fresh]
+        else:  # the features are not needed here: do not keep them while buffered
+            batch = dataclasses.replace(batch, numeric={}, categorical={})
         joined = np.zeros(keys.size, dtype=np.bool_)
         start = self._buffered_rows
         self._buffer.append((batch, keys, joined))
@@ -395,14 +411,63 @@ class LabelStore:
         if not keys.size:
             return found
         payload = orjson.dumps(keys, option=orjson.OPT_SERIALIZE_NUMPY)
-        for (part,) in self._db.execute("SELECT part FROM partitions").fetchall():
+        for run in self._runs():
             for key, loc, joined in self._db.execute(
-                f"SELECT k.key, k.loc, k.joined FROM json_each(?) j CROSS JOIN prediction_keys_{part} k"
+                f"SELECT k.key, k.loc, k.joined FROM json_each(?) j CROSS JOIN prediction_keys_{run} k"
                 " ON k.key = j.value",
                 (payload,),
             ):
-                found[key] = (loc, joined)
+                found.setdefault(key, (loc, joined))  # the oldest run's row: the first prediction
         return found
+
+    def _runs(self, part: int | None = None) -> list[int]:
+        """Key runs, oldest data first (a higher level holds older data; so does a lower run number)."""
+        query = "SELECT run FROM key_runs" + (" WHERE part = ?" if part is not None else "")
+        rows = self._db.execute(query + " ORDER BY level DESC, run", () if part is None else (part,))
+        return [run for (run,) in rows.fetchall()]
+
+    def _new_run(self, part: int, level: int) -> int:
+        run = self._db.execute("INSERT INTO key_runs (part, level) VALUES (?, ?)", (part, level)).lastrowid
+        assert run is not None
+        self._db.execute(
+            f"CREATE TABLE prediction_keys_{run}"
+            " (key INTEGER PRIMARY KEY, loc INTEGER NOT NULL, joined INTEGER NOT NULL)"
+        )
+        return run
+
+    def _drop_run(self, run: int) -> None:
+        self._db.execute(f"DROP TABLE prediction_keys_{run}")
+        self._db.execute("DELETE FROM key_runs WHERE run = ?", (run,))
+
+    def _merge(self, part: int) -> None:
+        """Merge every ``MERGE_FANOUT`` runs of a level into one run of the next (inside the flush)."""
+        level = 0
+        while True:
+            runs = [
+                run
+                for (run,) in self._db.execute(
+                    "SELECT run FROM key_runs WHERE part = ? AND level = ? ORDER BY run", (part, level)
+                ).fetchall()
+            ]
+            if len(runs) < MERGE_FANOUT:
+                if not self._db.execute(
+                    "SELECT EXISTS (SELECT 1 FROM key_runs WHERE part = ? AND level > ?)", (part, level)
+                ).fetchone()[0]:
+                    return
+                level += 1
+                continue
+            merged = self._new_run(part, level + 1)
+            union = " UNION ALL ".join(
+                f"SELECT key, loc, joined, {age} AS age FROM prediction_keys_{run}"
+                for age, run in enumerate(runs)
+            )
+            # In key order, so the new B-tree is written page after page; the oldest row of a key wins.
+            self._db.execute(
+                f"INSERT OR IGNORE INTO prediction_keys_{merged}"
+                f" SELECT key, loc, joined FROM ({union}) ORDER BY key, age"
+            )
+            for run in runs:
+                self._drop_run(run)
 
     def _join_pending(self, batch: PredictionBatch, keys: np.ndarray, joined: np.ndarray) -> JoinedPairs:
         """Join freshly buffered predictions with labels that were waiting for them."""
@@ -464,23 +529,24 @@ class LabelStore:
                     index_rows.setdefault(part, []).append(
                         np.column_stack([keys[rows], loc, joined[rows].astype(np.int64)])
                     )
+            if self._joined_stored:
+                payload = orjson.dumps(sorted(self._joined_stored))
+                self._joined_stored = set()
+                for run in self._runs():
+                    db.execute(
+                        f"UPDATE prediction_keys_{run} SET joined = 1"
+                        " WHERE key IN (SELECT value FROM json_each(?))",
+                        (payload,),
+                    )
             for part, arrays in index_rows.items():
                 table = np.concatenate(arrays)
                 table = table[np.argsort(table[:, 0], kind="stable")]
                 db.execute(
-                    f"INSERT OR IGNORE INTO prediction_keys_{part}"
+                    f"INSERT OR IGNORE INTO prediction_keys_{self._new_run(part, 0)}"
                     " SELECT value->>0, value->>1, value->>2 FROM json_each(?)",
                     (orjson.dumps(table, option=orjson.OPT_SERIALIZE_NUMPY),),
                 )
-            if self._joined_stored:
-                payload = orjson.dumps(sorted(self._joined_stored))
-                self._joined_stored = set()
-                for (part,) in db.execute("SELECT part FROM partitions").fetchall():
-                    db.execute(
-                        f"UPDATE prediction_keys_{part} SET joined = 1"
-                        " WHERE key IN (SELECT value FROM json_each(?))",
-                        (payload,),
-                    )
+                self._merge(part)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -488,13 +554,9 @@ class LabelStore:
 
     def _ensure_partition(self, part: int) -> None:
         start = part * self.partition_nanos
-        if self._db.execute(
+        self._db.execute(
             "INSERT OR IGNORE INTO partitions VALUES (?, ?, ?)", (part, start, start + self.partition_nanos)
-        ).rowcount:
-            self._db.execute(
-                f"CREATE TABLE IF NOT EXISTS prediction_keys_{part}"
-                " (key INTEGER PRIMARY KEY, loc INTEGER NOT NULL, joined INTEGER NOT NULL)"
-            )
+        )
 
     # Labels.
 
@@ -625,10 +687,10 @@ class LabelStore:
             for (part,) in db.execute(
                 "SELECT part FROM partitions WHERE end_unix_nano <= ?", (cutoff,)
             ).fetchall():
-                deleted += db.execute(
-                    f"SELECT COUNT(*) FROM prediction_keys_{part} WHERE joined = 0"
-                ).fetchone()[0]
-                db.execute(f"DROP TABLE prediction_keys_{part}")
+                for run in self._runs(part):
+                    waiting = f"SELECT COUNT(*) FROM prediction_keys_{run} WHERE joined = 0"
+                    deleted += db.execute(waiting).fetchone()[0]
+                    self._drop_run(run)
                 db.execute("DELETE FROM prediction_chunks WHERE part = ?", (part,))
                 db.execute("DELETE FROM partitions WHERE part = ?", (part,))
             labels = db.execute("DELETE FROM pending_labels WHERE time_unix_nano < ?", (cutoff,)).rowcount
@@ -644,10 +706,10 @@ class LabelStore:
         """Waiting predictions, pending labels and joined predictions (for tests and health)."""
         self.flush()
         waiting = joined = 0
-        for (part,) in self._db.execute("SELECT part FROM partitions").fetchall():
+        for run in self._runs():
             w, j = self._db.execute(
                 "SELECT COUNT(*) - COALESCE(SUM(joined), 0), COALESCE(SUM(joined), 0)"
-                f" FROM prediction_keys_{part}"
+                f" FROM prediction_keys_{run}"
             ).fetchone()
             waiting += w
             joined += j

@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -78,10 +77,11 @@ class Pipeline:
             for item in items:
                 self._queue.put_nowait(item)
 
-    def consume_logs(self, request: ExportLogsServiceRequest) -> ExportOutcome:
+    def consume_logs(self, payload: bytes) -> ExportOutcome:
+        """A serialized ``ExportLogsServiceRequest``: extracted here, its batches queued."""
         if self._queue.full():  # refuse before the work of extracting: the exporter retries later
             raise Overloaded(retry_after_seconds=1.0)
-        extraction = extract_logs(request)
+        extraction = extract_logs(payload)  # InvalidPayload if it is not one
         self._enqueue([*extraction.predictions, *extraction.labels])
         for batch in extraction.predictions:
             self._predictions.add(

@@ -23,7 +23,7 @@ _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _SMALL_VARINTS = [bytes([n]) for n in range(128)]
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
     if n < 128:
         return _SMALL_VARINTS[n]
     out = bytearray()
@@ -34,9 +34,9 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-def _field(tag: bytes, payload: bytes) -> bytes:
+def field(tag: bytes, payload: bytes) -> bytes:
     """A length-delimited field: tag, length, payload."""
-    return tag + _varint(len(payload)) + payload
+    return tag + varint(len(payload)) + payload
 
 
 def _utf8(text: str) -> bytes:
@@ -48,18 +48,18 @@ def encode_any_value(value: Any) -> bytes:
     """Encode an attribute value (str, bool, int, float or a sequence of them) as ``AnyValue``."""
     kind = type(value)
     if kind is str:
-        return _field(b"\x0a", _utf8(value))
+        return field(b"\x0a", _utf8(value))
     if kind is float:
         return b"\x21" + _pack_double(value)
     if kind is bool:
         return b"\x10\x01" if value else b"\x10\x00"
     if kind is int:
         if _INT64_MIN <= value <= _INT64_MAX:
-            return b"\x18" + _varint(value & 0xFFFFFFFFFFFFFFFF)
+            return b"\x18" + varint(value & 0xFFFFFFFFFFFFFFFF)
         return b"\x21" + _pack_double(float(value))
     if kind is list or kind is tuple:
-        values = b"".join(_field(b"\x0a", encode_any_value(item)) for item in value)
-        return _field(b"\x2a", values)
+        values = b"".join(field(b"\x0a", encode_any_value(item)) for item in value)
+        return field(b"\x2a", values)
     raise TypeError(f"unsupported attribute value type {kind.__name__}")
 
 
@@ -67,7 +67,7 @@ class _KeyCache(dict[str, bytes]):
     """Encoded ``KeyValue.key`` fields, computed once per attribute name."""
 
     def __missing__(self, key: str) -> bytes:
-        encoded = _field(b"\x0a", _utf8(key))
+        encoded = field(b"\x0a", _utf8(key))
         if len(self) < 4096:  # feature names are bounded in practice; never grow without end
             self[key] = encoded
         return encoded
@@ -88,9 +88,9 @@ def encode_attributes(attributes: Mapping[str, Any], tag: bytes = b"\x32") -> by
         elif kind is str and len(value) < 126 and value.isascii():  # AnyValue under 128 bytes
             keyvalue = _keys[key] + bytes((0x12, len(value) + 2, 0x0A, len(value))) + value.encode()
         else:
-            keyvalue = _keys[key] + _field(b"\x12", encode_any_value(value))
+            keyvalue = _keys[key] + field(b"\x12", encode_any_value(value))
         size = len(keyvalue)
-        append(tag + (_SMALL_VARINTS[size] if size < 128 else _varint(size)) + keyvalue)
+        append(tag + (_SMALL_VARINTS[size] if size < 128 else varint(size)) + keyvalue)
     return b"".join(parts)
 
 
@@ -111,13 +111,13 @@ def encode_event(
         parts.append(b"\x4a\x10" + trace_id.to_bytes(16, "big"))
         parts.append(b"\x52\x08" + span_id.to_bytes(8, "big"))
     parts.append(b"\x59" + timestamp)
-    parts.append(_field(b"\x62", _utf8(event_name)))
+    parts.append(field(b"\x62", _utf8(event_name)))
     return b"".join(parts)
 
 
 def encode_scope(name: str, version: str) -> bytes:
     """An ``InstrumentationScope`` message."""
-    return _field(b"\x0a", _utf8(name)) + _field(b"\x12", _utf8(version))
+    return field(b"\x0a", _utf8(name)) + field(b"\x12", _utf8(version))
 
 
 class LogsRequestFramer:
@@ -128,10 +128,10 @@ class LogsRequestFramer:
     """
 
     def __init__(self, resource: Resource, scope_name: str, scope_version: str) -> None:
-        self._resource_field = _field(b"\x0a", encode_attributes(resource.attributes, b"\x0a"))
-        self._scope_field = _field(b"\x0a", encode_scope(scope_name, scope_version))
+        self._resource_field = field(b"\x0a", encode_attributes(resource.attributes, b"\x0a"))
+        self._scope_field = field(b"\x0a", encode_scope(scope_name, scope_version))
 
     def frame(self, records: Iterable[bytes]) -> bytes:
-        scope_logs = self._scope_field + b"".join(_field(b"\x12", record) for record in records)
-        resource_logs = self._resource_field + _field(b"\x12", scope_logs)
-        return _field(b"\x0a", resource_logs)
+        scope_logs = self._scope_field + b"".join(field(b"\x12", record) for record in records)
+        resource_logs = self._resource_field + field(b"\x12", scope_logs)
+        return field(b"\x0a", resource_logs)

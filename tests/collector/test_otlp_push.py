@@ -76,7 +76,7 @@ def test_drift_and_prediction_metrics_are_pushed_over_otlp(
     sink: GrpcSink | HttpSink = GrpcSink() if protocol == "grpc" else HttpSink()
     collector = _collector(tmp_path, {"endpoint": sink.endpoint, "protocol": protocol}).start()
     try:
-        outcome = collector.pipeline.consume_logs(_predictions(EVENTS))
+        outcome = collector.pipeline.consume_logs(_predictions(EVENTS).SerializeToString())
         assert outcome.rejected == 0, outcome.error_message
         # The pipeline ticks every second on the real clock: the 1 s window closes soon.
         psi = wait_until(

@@ -60,6 +60,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from modeltel_collector.extract import Extraction, extract_logs
 from modeltel_collector.otlp_values import any_value, attributes
 from modeltel_collector.receivers import (
     ExportOutcome,
@@ -108,8 +109,8 @@ class ScriptedConsumer(RecordingConsumer):
         outcome = record()
         return outcome if answer is None else answer
 
-    def consume_logs(self, request: ExportLogsServiceRequest) -> ExportOutcome:
-        return self._answer(lambda: RecordingConsumer.consume_logs(self, request))
+    def consume_logs(self, payload: bytes) -> ExportOutcome:
+        return self._answer(lambda: RecordingConsumer.consume_logs(self, payload))
 
     def consume_traces(self, request: ExportTraceServiceRequest) -> ExportOutcome:
         return self._answer(lambda: RecordingConsumer.consume_traces(self, request))
@@ -273,11 +274,60 @@ def test_grpc_undecodable_payload_is_invalid_argument(channel, consumer, signal)
     bad_request = BadRequest()
     assert status.details[0].Unpack(bad_request)
     assert "not a valid protobuf" in bad_request.field_violations[0].description
-    assert consumer.calls == 0
+    # Logs reach the consumer serialized, and it refuses them (here RecordingConsumer, as the
+    # collector's extraction does); traces and metrics are refused before.
+    called = 1 if signal == "logs" else 0
+    assert consumer.calls == called
+    assert consumer.logs == []
 
     # the server goes on serving
     assert export(b"", timeout=10) == b""  # an empty request is a valid, empty, export
-    assert consumer.calls == 1
+    assert consumer.calls == called + 1
+
+
+class ExtractingConsumer(RecordingConsumer):
+    """Logs go through the collector's extraction, as in ``Pipeline.consume_logs``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.extracted: list[Extraction] = []
+
+    def consume_logs(self, payload: bytes) -> ExportOutcome:
+        extraction = extract_logs(payload)
+        self.extracted.append(extraction)
+        return extraction.outcome
+
+
+def test_grpc_logs_the_extraction_cannot_decode_are_invalid_argument_with_upb_message():
+    consumer = ExtractingConsumer()
+    receiver = GrpcReceiver(consumer, "127.0.0.1:0").start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{receiver.port}") as channel:
+            stub = LogsServiceStub(channel)
+            good = log_request(event_name="ml.prediction")
+            attrs = good.resource_logs[0].scope_logs[0].log_records[0].attributes
+            for key, value in (("ml.model.name", "m"), ("ml.model.version", "v"), ("ml.prediction.id", "p")):
+                attrs.add(key=key).value.string_value = value
+            assert not stub.Export(good, timeout=10).HasField("partial_success")
+            assert consumer.extracted[-1].prediction_count == 1
+
+            # A string that is not UTF-8 (the encoder does not check): upb refuses the request.
+            payload = good.SerializeToString().replace(b"\x0a\x01p", b"\x0a\x01\xff")
+            with pytest.raises(DecodeError) as upb:
+                ExportLogsServiceRequest.FromString(payload)
+            export = channel.unary_unary(
+                SERVICES["logs"], request_serializer=None, response_deserializer=None
+            )
+            with pytest.raises(grpc.RpcError) as raised:
+                export(payload, timeout=10)
+            error: Any = raised.value
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert error.details() == (
+                f"the payload is not a valid protobuf ExportLogsServiceRequest: {upb.value}"
+            )
+            assert len(consumer.extracted) == 1
+    finally:
+        receiver.stop()
 
 
 def test_grpc_overload_is_unavailable_with_retry_info_in_details_and_trailer(channel, consumer):
@@ -404,7 +454,8 @@ def test_http_undecodable_protobuf_is_400_with_a_status_body(client, consumer):
     response = client.post("/v1/logs", content=truncated, headers=PROTOBUF_GZIP)
     assert response.status_code == 400
     assert "truncated" in Status.FromString(response.content).message
-    assert consumer.calls == 0
+    assert consumer.calls == 1  # only the garbage reached it (logs are decoded by the consumer)
+    assert consumer.logs == []
 
 
 def test_http_unsupported_media_is_415(client, consumer):

@@ -1,11 +1,10 @@
-"""What a receiver hands decoded OTLP requests to, and how the consumer answers."""
+"""What a receiver hands OTLP requests to, and how the consumer answers."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
@@ -55,13 +54,18 @@ class InvalidPayload(Exception):
 
 
 class Consumer(Protocol):
-    """Receives every decoded request, whichever transport it came by; called from many threads.
+    """Receives every request, whichever transport it came by; called from many threads.
+
+    Logs arrive serialized: the bytes of an ``ExportLogsServiceRequest`` as sent over gRPC or
+    OTLP/HTTP protobuf (OTLP/JSON bodies re-encoded), which the consumer decodes itself and
+    refuses with :class:`InvalidPayload` if they are not one (extraction reads the wire format,
+    see :mod:`modeltel_collector.wire`). Traces and metrics arrive decoded.
 
     May raise :class:`Overloaded` or :class:`InvalidPayload`; any other exception is a bug,
     answered with gRPC ``INTERNAL`` / HTTP 500 and logged.
     """
 
-    def consume_logs(self, request: ExportLogsServiceRequest) -> ExportOutcome: ...
+    def consume_logs(self, payload: bytes) -> ExportOutcome: ...
 
     def consume_traces(self, request: ExportTraceServiceRequest) -> ExportOutcome: ...
 

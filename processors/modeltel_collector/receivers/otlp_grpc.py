@@ -1,8 +1,9 @@
 """OTLP over gRPC: the three OTLP services on one grpcio server.
 
-Requests arrive as raw bytes (no grpcio deserializer) and are decoded here, so an undecodable
-payload is answered ``INVALID_ARGUMENT`` rather than grpcio's own ``INTERNAL``. gzip (and
-deflate) request compression is handled by grpcio itself.
+Requests arrive as raw bytes (no grpcio deserializer) and are decoded here (logs: by the
+consumer, which takes them serialized), so an undecodable payload is answered
+``INVALID_ARGUMENT`` rather than grpcio's own ``INTERNAL``. gzip (and deflate) request
+compression is handled by grpcio itself.
 """
 
 from __future__ import annotations

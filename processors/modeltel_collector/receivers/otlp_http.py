@@ -25,7 +25,7 @@ from modeltel_collector.receivers.errors import (
     UnsupportedMediaType,
     failure_for,
 )
-from modeltel_collector.receivers.otlp_json import decode_json, to_json
+from modeltel_collector.receivers.otlp_json import to_json
 from modeltel_collector.receivers.signals import SIGNALS, Signal
 
 PROTOBUF = "application/x-protobuf"
@@ -94,10 +94,10 @@ def _endpoint(
                 raise UnsupportedMediaType(f"unsupported Content-Encoding {encoding!r}; use gzip")
             body = await _read_body(request, limit)
 
-            def decode() -> Message:
+            def decode() -> Message | bytes:
                 payload = body if encoding == "identity" else inflate(body, encoding, limit)
                 if as_json:
-                    return decode_json(signal.request_type, payload)
+                    return signal.decode_json(payload)
                 return signal.decode_protobuf(payload)
 
             response = await run_in_threadpool(signal.export, consume, decode)

@@ -1,4 +1,4 @@
-"""OTLP/JSON request bodies decoded into the protobuf messages the consumer gets.
+"""OTLP/JSON request bodies decoded into protobuf messages (logs then re-encoded: see ``signals``).
 
 ``opentelemetry-proto-json`` parses the JSON exactly as the OTLP specification says (hex trace
 and span ids, 64-bit integers as strings or numbers, integer enums, unknown fields ignored) into

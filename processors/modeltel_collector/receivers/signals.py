@@ -26,6 +26,7 @@ from modeltel_collector.receivers.consumer import (
     InvalidPayload,
     export_response,
 )
+from modeltel_collector.receivers.otlp_json import decode_json
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,11 @@ class Signal:
     response_type: type[Message]
     rejected_field: str
     consumer_method: str
+    serialized: bool = False
+    """The consumer takes the serialized request (``bytes``) and decodes, or refuses, it itself:
+    logs, whose extraction reads the wire format (:mod:`modeltel_collector.wire`)."""
 
-    def decode_protobuf(self, body: bytes) -> Message:
+    def parse(self, body: bytes) -> Message:
         """Parse a binary protobuf request; :class:`InvalidPayload` if it is not one."""
         try:
             return self.request_type.FromString(body)
@@ -46,25 +50,37 @@ class Signal:
                 f"the payload is not a valid protobuf {self.request_type.__name__}: {error}"
             ) from None
 
+    def decode_protobuf(self, body: bytes) -> Message | bytes:
+        """What the consumer gets for a binary protobuf body: the body itself, or its message."""
+        return body if self.serialized else self.parse(body)
+
+    def decode_json(self, body: bytes) -> Message | bytes:
+        """What the consumer gets for an OTLP/JSON body; :class:`InvalidPayload` if it is not one."""
+        message = decode_json(self.request_type, body)
+        return message.SerializeToString() if self.serialized else message
+
     def bind(self, consumer: Consumer) -> Callable[[Any], ExportOutcome]:
         """The consumer's method for this signal."""
         method: Callable[[Any], ExportOutcome] = getattr(consumer, self.consumer_method)
         return method
 
-    def export(self, consume: Callable[[Any], ExportOutcome], decode: Callable[[], Message]) -> Any:
+    def export(self, consume: Callable[[Any], ExportOutcome], decode: Callable[[], Message | bytes]) -> Any:
         """Decode, hand to the consumer, build the response; exceptions are for ``failure_for``."""
         return export_response(self.response_type, self.rejected_field, consume(decode()))
 
 
+LOGS = Signal(
+    "opentelemetry.proto.collector.logs.v1.LogsService",
+    "/v1/logs",
+    ExportLogsServiceRequest,
+    ExportLogsServiceResponse,
+    "rejected_log_records",
+    "consume_logs",
+    serialized=True,
+)
+
 SIGNALS = (
-    Signal(
-        "opentelemetry.proto.collector.logs.v1.LogsService",
-        "/v1/logs",
-        ExportLogsServiceRequest,
-        ExportLogsServiceResponse,
-        "rejected_log_records",
-        "consume_logs",
-    ),
+    LOGS,
     Signal(
         "opentelemetry.proto.collector.trace.v1.TraceService",
         "/v1/traces",
