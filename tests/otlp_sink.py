@@ -143,19 +143,27 @@ class GrpcSink:
         self.receiver.stop()
 
 
-class HttpSink:
-    def __init__(self) -> None:
-        self.consumer = RecordingConsumer()
+class HttpServer:
+    """An ASGI app served by uvicorn in a thread, on a free loopback port."""
+
+    def __init__(self, app: Any) -> None:
         port = free_port()
-        config = uvicorn.Config(
-            http_receiver_app(self.consumer), host="127.0.0.1", port=port, log_level="warning"
-        )
-        self._server = uvicorn.Server(config)
+        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()
-        wait_until(lambda: self._server.started, 10, "the OTLP/HTTP sink to start")
-        self.endpoint = f"http://127.0.0.1:{port}"
+        wait_until(lambda: self._server.started, 10, "the HTTP server to start")
+        self.url = f"http://127.0.0.1:{port}"
 
     def stop(self) -> None:
         self._server.should_exit = True
         self._thread.join(10)
+
+
+class HttpSink:
+    def __init__(self) -> None:
+        self.consumer = RecordingConsumer()
+        self._server = HttpServer(http_receiver_app(self.consumer))
+        self.endpoint = self._server.url
+
+    def stop(self) -> None:
+        self._server.stop()

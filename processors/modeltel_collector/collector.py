@@ -22,10 +22,16 @@ from modeltel import semconv
 from modeltel_collector.alerting.embedded import EmbeddedAlerting
 from modeltel_collector.alerting.evaluator import RegistrySource
 from modeltel_collector.alerting.policy import AlertPolicies, PolicyError, load_policies
-from modeltel_collector.config import CollectorConfig, ConfigError
+from modeltel_collector.config import CollectorConfig, ConfigError, OtlpReceiver
 from modeltel_collector.pipeline import Pipeline
 from modeltel_collector.processors.base import Processor, ProcessorContext, available_factories
 from modeltel_collector.receivers import GrpcReceiver, http_receiver_app
+from modeltel_collector.receivers.security import (
+    BearerTokens,
+    SecurityConfigError,
+    TlsFiles,
+    load_bearer_tokens,
+)
 from modeltel_collector.store import Store
 
 _logger = logging.getLogger(__name__)
@@ -73,6 +79,25 @@ def _otlp_metric_reader(config: CollectorConfig) -> MetricReader | None:
 
         exporter = Http(endpoint=otlp_http_metrics_url(otlp.endpoint), headers=otlp.headers)
     return PeriodicExportingMetricReader(exporter)
+
+
+def _receiver_security(receiver: OtlpReceiver) -> tuple[BearerTokens | None, TlsFiles | None]:
+    """The receivers' tokens (the token file read now) and TLS files, checked: a
+    :class:`ConfigError` naming the key when a file is missing, unreadable or unusable."""
+    try:
+        tokens = None
+        if receiver.auth is not None:
+            tokens = load_bearer_tokens(
+                (token.get_secret_value() for token in receiver.auth.bearer_tokens),
+                receiver.auth.bearer_token_file,
+            )
+        tls = None
+        if receiver.tls is not None:
+            tls = TlsFiles(receiver.tls.cert_file, receiver.tls.key_file, receiver.tls.client_ca_file)
+            tls.read()
+    except SecurityConfigError as error:
+        raise ConfigError(f"invalid collector configuration: {error}") from None
+    return tokens, tls
 
 
 class Collector:
@@ -164,13 +189,19 @@ class Collector:
         applied = {"alert_policies": policies.model_dump(mode="json")} if policies is not None else None
         config_hash = self.store.record_config(self.config, applied)
         _logger.info("modeltel: applying configuration %s", config_hash[:12])
-        protocols = self.config.receivers.otlp.protocols
+        receiver = self.config.receivers.otlp
+        protocols = receiver.protocols
+        tokens, tls = _receiver_security(receiver)
         if protocols.grpc is not None:
-            self._grpc = GrpcReceiver(self.pipeline, protocols.grpc.endpoint).start()
+            self._grpc = GrpcReceiver(self.pipeline, protocols.grpc.endpoint, tokens=tokens, tls=tls).start()
         if protocols.http is not None:
             host, port = _host_port(protocols.http.endpoint)
             server_config = uvicorn.Config(
-                http_receiver_app(self.pipeline), host=host, port=port, log_level="warning"
+                http_receiver_app(self.pipeline, tokens=tokens),
+                host=host,
+                port=port,
+                log_level="warning",
+                **(tls.uvicorn_options() if tls is not None else {}),
             )
             self._http = uvicorn.Server(server_config)
             self._threads.append(threading.Thread(target=self._http.run, name="otlp-http", daemon=True))

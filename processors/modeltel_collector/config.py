@@ -17,12 +17,13 @@ modeltel_collector.config.ConfigError: invalid collector configuration:
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -36,15 +37,19 @@ def parse_duration(value: Any) -> float:
     """
     if isinstance(value, bool):
         raise ValueError("a duration is a number of seconds or a string such as 30s, 5m, 1h, 7d")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    else:
-        match = _DURATION.match(str(value))
-        if match is None:
-            raise ValueError(f"{value!r} is not a duration; use e.g. 30s, 5m, 1h or 7d")
-        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    if seconds <= 0:
-        raise ValueError(f"{value!r} is not a positive duration")
+    shown = f"{str(value)[:40]}..." if len(str(value)) > 40 else repr(value)
+    try:
+        if isinstance(value, (int, float)):
+            seconds = float(value)
+        else:
+            match = _DURATION.match(str(value))
+            if match is None:
+                raise ValueError(f"{shown} is not a duration; use e.g. 30s, 5m, 1h or 7d")
+            seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    except OverflowError:
+        seconds = math.inf
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"{shown} is not a positive, finite duration")
     return seconds
 
 
@@ -72,10 +77,36 @@ class OtlpProtocols(_Section):
     http: HttpProtocol | None = HttpProtocol()
 
 
+class ReceiverAuth(_Section):
+    """Bearer-token authentication on both protocols (``/v1/labels`` included): requests without
+    ``authorization: Bearer <token>`` for one of the tokens get ``UNAUTHENTICATED`` / 401."""
+
+    bearer_tokens: tuple[SecretStr, ...] = ()
+    """Accepted tokens (never logged, nor recorded with the configuration)."""
+    bearer_token_file: Path | None = None
+    """A file of accepted tokens, one per line (``#`` comments and blank lines ignored), read
+    when the collector starts; added to ``bearer_tokens``."""
+
+
+class ReceiverTls(_Section):
+    """TLS on both protocols; with ``client_ca_file``, mutual TLS (client certificates required)."""
+
+    cert_file: Path
+    """The server's certificate (chain), PEM."""
+    key_file: Path
+    """Its private key, PEM."""
+    client_ca_file: Path | None = None
+    """CA certificate(s), PEM, that client certificates must chain to; clients without one are refused."""
+
+
 class OtlpReceiver(_Section):
     protocols: OtlpProtocols = OtlpProtocols()
     max_queue_batches: int = Field(default=1024, gt=0)
     """Batches waiting for processing; past this, exports get UNAVAILABLE / 429 with a retry delay."""
+    auth: ReceiverAuth | None = None
+    """Off unless given."""
+    tls: ReceiverTls | None = None
+    """Plain text unless given."""
 
 
 class Receivers(_Section):
@@ -240,6 +271,8 @@ def _describe(error: Any) -> str:
         keys = ", ".join(section.model_fields) if section else "none"
         return f"{location}: unknown key; known keys: {keys}"
     message = str(error["msg"]).removeprefix("Value error, ")
+    if "bearer_tokens" in error["loc"]:  # a secret, even when mistyped
+        return f"{location}: {message}"
     return f"{location}: {message} (got {error['input']!r})"
 
 

@@ -87,7 +87,7 @@ def _time(value: Any) -> int | None:
     """Nanoseconds from a ``time_unix_nano`` (int or digit string, 0..int64 max); None if invalid."""
     if type(value) is int:
         nanos = value
-    elif type(value) is str and value.isdigit():
+    elif type(value) is str and value.isascii() and value.isdigit():  # not "²" nor "١٢٣"
         nanos = int(value)
     else:
         return None
@@ -155,7 +155,7 @@ def labels_from_records(
         raw_time = get(TIME)
         nanos = now if raw_time is None else _time(raw_time)
         if nanos is None:
-            if type(raw_time) is int or (type(raw_time) is str and raw_time.isdigit()):
+            if type(raw_time) is int or (type(raw_time) is str and raw_time.isascii() and raw_time.isdigit()):
                 problem = f"{TIME} is out of range (0 to 2**63 - 1)"
             else:
                 problem = f"{TIME} is {_kind(raw_time)}, not an integer (nanoseconds since the Unix epoch)"

@@ -25,6 +25,7 @@ from modeltel_collector.batch import LabelBatch, PredictionBatch
 from modeltel_collector.extract import extract_logs
 from modeltel_collector.processors.base import Processor
 from modeltel_collector.receivers.consumer import ACCEPTED, ExportOutcome, Overloaded
+from modeltel_collector.receivers.errors import PayloadTooLarge
 
 _logger = logging.getLogger(__name__)
 _STOP = object()
@@ -70,7 +71,16 @@ class Pipeline:
     # Receiver side -----------------------------------------------------------------------
 
     def _enqueue(self, items: Sequence[Work]) -> None:
-        """Queue all of a request's batches or none (a retried request must not count twice)."""
+        """Queue all of a request's batches or none (a retried request must not count twice).
+
+        A request of more batches (models and versions) than the queue holds could never be
+        queued: :class:`PayloadTooLarge` (not retryable) rather than retries forever.
+        """
+        if len(items) > self._queue.maxsize:
+            raise PayloadTooLarge(
+                f"the request holds {len(items)} batches (one per model and version), more than the "
+                f"collector's queue of {self._queue.maxsize} can ever take: send fewer models per request"
+            )
         with self._enqueue_lock:
             if self._queue.maxsize - self._queue.qsize() < len(items):
                 raise Overloaded(retry_after_seconds=1.0)

@@ -29,6 +29,10 @@ class UnsupportedMediaType(Exception):
     """A ``Content-Type`` or ``Content-Encoding`` the receiver does not speak."""
 
 
+class Unauthenticated(Exception):
+    """No accepted bearer token; the message never contains the token presented."""
+
+
 @dataclass(frozen=True)
 class Failure:
     """How to answer a failed export on either transport."""
@@ -62,6 +66,7 @@ def failure_for(error: Exception) -> Failure:
       ``BadRequest`` detail; the client must not retry.
     - :class:`PayloadTooLarge`: ``RESOURCE_EXHAUSTED`` without ``RetryInfo`` (not retryable) / 413.
     - :class:`UnsupportedMediaType`: ``INVALID_ARGUMENT`` / 415.
+    - :class:`Unauthenticated` (no accepted bearer token): ``UNAUTHENTICATED`` / 401.
     - anything else is a bug in the consumer: logged with its traceback, ``INTERNAL`` / 500
       (not retryable: retrying would hit the same bug).
     """
@@ -84,6 +89,8 @@ def failure_for(error: Exception) -> Failure:
         return Failure(grpc.StatusCode.RESOURCE_EXHAUSTED, 413, str(error))
     if isinstance(error, UnsupportedMediaType):
         return Failure(grpc.StatusCode.INVALID_ARGUMENT, 415, str(error))
+    if isinstance(error, Unauthenticated):
+        return Failure(grpc.StatusCode.UNAUTHENTICATED, 401, str(error))
     _log.error("the OTLP consumer failed on a request", exc_info=error)
     return Failure(
         grpc.StatusCode.INTERNAL,

@@ -17,6 +17,7 @@ from grpc_status import rpc_status
 
 from modeltel_collector.receivers.consumer import Consumer, ExportOutcome
 from modeltel_collector.receivers.errors import Failure, failure_for
+from modeltel_collector.receivers.security import BearerAuthInterceptor, BearerTokens, TlsFiles
 from modeltel_collector.receivers.signals import SIGNALS, Signal
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -56,10 +57,21 @@ def _export_handler(signal: Signal, consume: Callable[[Any], ExportOutcome]) -> 
 class GrpcReceiver:
     """An OTLP/gRPC server (default port 4317) feeding a :class:`Consumer`."""
 
-    def __init__(self, consumer: Consumer, endpoint: str = "0.0.0.0:4317", max_workers: int = 4) -> None:
+    def __init__(
+        self,
+        consumer: Consumer,
+        endpoint: str = "0.0.0.0:4317",
+        max_workers: int = 4,
+        *,
+        tokens: BearerTokens | None = None,
+        tls: TlsFiles | None = None,
+    ) -> None:
+        """``tokens``: refuse calls without one of them (``UNAUTHENTICATED``); ``tls``: serve TLS."""
+        credentials = tls.grpc_credentials() if tls is not None else None  # refused before binding
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="otlp-grpc"),
             options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
+            interceptors=[BearerAuthInterceptor(tokens)] if tokens is not None else None,
         )
         self._server.add_generic_rpc_handlers(
             tuple(
@@ -69,7 +81,10 @@ class GrpcReceiver:
                 for signal in SIGNALS
             )
         )
-        self.port = self._server.add_insecure_port(endpoint)
+        if credentials is not None:
+            self.port = self._server.add_secure_port(endpoint, credentials)
+        else:
+            self.port = self._server.add_insecure_port(endpoint)
         if self.port == 0:
             raise OSError(f"cannot listen on {endpoint}: the address is in use or invalid")
 

@@ -15,6 +15,7 @@ from typing import Any
 from google.protobuf.message import Message
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -26,6 +27,7 @@ from modeltel_collector.receivers.errors import (
     failure_for,
 )
 from modeltel_collector.receivers.otlp_json import to_json
+from modeltel_collector.receivers.security import BearerAuthMiddleware, BearerTokens
 from modeltel_collector.receivers.signals import SIGNALS, Signal
 
 PROTOBUF = "application/x-protobuf"
@@ -118,8 +120,13 @@ def _endpoint(
     return export
 
 
-def http_receiver_app(consumer: Consumer, max_body_bytes: int = MAX_BODY_BYTES) -> Starlette:
-    """An ASGI app serving the three OTLP/HTTP paths, and ``/v1/labels`` if the consumer takes labels."""
+def http_receiver_app(
+    consumer: Consumer, max_body_bytes: int = MAX_BODY_BYTES, *, tokens: BearerTokens | None = None
+) -> Starlette:
+    """An ASGI app serving the three OTLP/HTTP paths, and ``/v1/labels`` if the consumer takes labels.
+
+    With ``tokens``, every request without one of them is answered 401 before its body is read.
+    """
     from modeltel_collector.receivers.labels_http import labels_route  # it imports this module
 
     routes = [
@@ -128,4 +135,5 @@ def http_receiver_app(consumer: Consumer, max_body_bytes: int = MAX_BODY_BYTES) 
     ]
     if isinstance(consumer, LabelConsumer):
         routes.append(labels_route(consumer.consume_labels, max_body_bytes))
-    return Starlette(routes=routes)
+    middleware = [Middleware(BearerAuthMiddleware, tokens=tokens)] if tokens is not None else []
+    return Starlette(routes=routes, middleware=middleware)
