@@ -131,7 +131,10 @@ class Collector:
             meter=meter, data_dir=config.data_dir, models=config.models, store=self.store
         )
         self.pipeline = Pipeline(
-            self._processors(context), meter, max_queue_batches=config.receivers.otlp.max_queue_batches
+            self._processors(context),
+            meter,
+            max_queue_batches=config.receivers.otlp.max_queue_batches,
+            limits=config.limits,
         )
         self._restore()
         self.alerting: EmbeddedAlerting | None = None

@@ -183,6 +183,24 @@ class Exporters(_Section):
     otlp: OtlpExporter | None = None
 
 
+class Limits(_Section):
+    """Cardinality guards, so one misbehaving client cannot exhaust the collector's memory.
+
+    Models, versions and features are admitted as they first arrive (labels for a model
+    admit it too) and remembered in the checkpoint; past a limit, the records of a refused
+    model or version are rejected (partial success naming the limit) and features beyond a
+    model's limit are dropped from the records, which are kept. Categories per feature need
+    no limit here: the drift windows and reference builder count a bounded number of them.
+    """
+
+    max_models: int = Field(default=100, gt=0)
+    """Distinct ``ml.model.name`` values."""
+    max_versions_per_model: int = Field(default=50, gt=0)
+    """Distinct ``ml.model.version`` values of one model."""
+    max_features_per_model: int = Field(default=500, gt=0)
+    """Distinct ``ml.feature.*`` names of one model (all its versions together)."""
+
+
 class Band(_Section):
     """An acceptance band: the metric must stay within [min, max]."""
 
@@ -239,6 +257,7 @@ class CollectorConfig(_Section):
     processors: Processors = Processors()
     exporters: Exporters = Exporters()
     models: dict[str, ModelSettings] = {}
+    limits: Limits = Limits()
     alerting: Alerting | None = None
     """Off unless given."""
     data_dir: Path = Path("modeltel-data")

@@ -61,6 +61,10 @@ FEATURE_MEAN_METRIC: Final = "ml.feature.mean"
 RECEIVER_ACCEPTED_METRIC: Final = "modeltel.receiver.accepted"
 RECEIVER_REJECTED_METRIC: Final = "modeltel.receiver.rejected"
 RECEIVER_QUEUE_DEPTH_METRIC: Final = "modeltel.receiver.queue_depth"
+RECEIVER_LIMITED_METRIC: Final = "modeltel.receiver.limited"
+"""Counter of refusals by the collector's cardinality limits (attributes ``limit``: ``max_models``,
+``max_versions_per_model`` or ``max_features_per_model``; ``signal``): records of a refused model
+or version, feature columns dropped from a batch."""
 ALERTS_FIRING_METRIC: Final = "modeltel.alerts.firing"
 ALERT_EVALUATIONS_METRIC: Final = "modeltel.alerts.evaluations"
 NOTIFICATIONS_SENT_METRIC: Final = "modeltel.notifications.sent"

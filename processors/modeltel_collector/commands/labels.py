@@ -6,17 +6,27 @@ collector's ``/v1/labels`` (see :mod:`modeltel_collector.receivers.labels_http`)
 validates every row, joins the labels to their predictions and counts each prediction id
 once, so importing a file twice changes nothing. ``429``/``503`` answers are retried after
 their ``Retry-After``.
+
+Against a secured collector (bearer tokens, TLS, mutual TLS) the command reads the standard
+``OTEL_EXPORTER_OTLP_HEADERS``, ``OTEL_EXPORTER_OTLP_CERTIFICATE``,
+``OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE`` and ``OTEL_EXPORTER_OTLP_CLIENT_KEY`` variables, as
+the OpenTelemetry exporters do; ``--header``, ``--token-file``, ``--ca-file``,
+``--client-cert`` and ``--client-key`` win over them. Header values (tokens) are never printed.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import os
+import re
+import ssl
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
+from urllib.parse import unquote
 
 import httpx
 import pyarrow as pa
@@ -25,6 +35,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -58,7 +69,7 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
 def _fail(message: str) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
 
@@ -181,6 +192,155 @@ class LabelFile:
         return records_from_columns(models, ids, values)
 
 
+# --- authentication and TLS --------------------------------------------------------------
+
+HEADERS_VARIABLE = "OTEL_EXPORTER_OTLP_HEADERS"
+CA_VARIABLE = "OTEL_EXPORTER_OTLP_CERTIFICATE"
+CLIENT_CERT_VARIABLE = "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE"
+CLIENT_KEY_VARIABLE = "OTEL_EXPORTER_OTLP_CLIENT_KEY"
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+TOKEN_HINT = (
+    "give it with --token-file PATH, --header 'authorization=Bearer <token>' or "
+    f"{HEADERS_VARIABLE}=authorization=Bearer%20<token>"
+)
+
+
+def _check_header(name: str, value: str, origin: str) -> tuple[str, str]:
+    """``(name lowercased, value)``; a bad one fails naming ``origin`` and the name, never the value."""
+    name = name.strip().lower()
+    if not _HEADER_NAME.match(name):
+        _fail(f"{origin}: {name!r} is not a valid HTTP header name")
+    value = value.strip()
+    if any((ord(char) < 0x20 and char != "\t") or ord(char) == 0x7F for char in value):
+        _fail(f"{origin}: the value of header {name!r} contains control characters")
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        _fail(f"{origin}: the value of header {name!r} is not Latin-1 text")
+    return name, value
+
+
+def headers_from_env(text: str) -> dict[str, str]:
+    """``OTEL_EXPORTER_OTLP_HEADERS``: comma-separated ``name=value``, values URL-decoded."""
+    headers: dict[str, str] = {}
+    for number, entry in enumerate(text.split(","), start=1):
+        if not entry.strip():
+            continue
+        name, sep, value = entry.partition("=")
+        if not sep or not name.strip():
+            _fail(f"{HEADERS_VARIABLE}: entry {number} is not name=value")
+        key, decoded = _check_header(unquote(name), unquote(value), HEADERS_VARIABLE)
+        headers[key] = decoded
+    return headers
+
+
+def headers_from_options(options: list[str]) -> dict[str, str]:
+    """``--header NAME=VALUE`` options, values taken as they are."""
+    headers: dict[str, str] = {}
+    for option in options:
+        name, sep, value = option.partition("=")
+        if not sep or not name.strip():
+            _fail(f"--header {name.strip()!r}...: expected NAME=VALUE")
+        key, value = _check_header(name, value, "--header")
+        headers[key] = value
+    return headers
+
+
+def read_token(path: Path) -> str:
+    """The first line of ``path``, stripped; never shown."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        _fail(f"--token-file: cannot read {path}: {error.strerror}")
+    except UnicodeDecodeError:
+        _fail(f"--token-file: {path} is not UTF-8 text")
+    lines = text.splitlines()
+    token = lines[0].strip() if lines else ""
+    if not token:
+        _fail(f"--token-file: the first line of {path} is empty; put the token there")
+    _check_header("authorization", f"Bearer {token}", "--token-file")
+    return token
+
+
+@dataclass(frozen=True)
+class Security:
+    """What the command sends to authenticate, and how it checks the collector's certificate.
+
+    ``repr`` shows header names only."""
+
+    headers: dict[str, str] = field(default_factory=dict)
+    ca_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    ca_origin: str = "--ca-file"
+    cert_origin: str = "--client-cert"
+
+    def __repr__(self) -> str:
+        names = sorted(self.headers)
+        return f"Security(headers={names}, ca_file={self.ca_file}, client_cert={self.client_cert})"
+
+    @property
+    def has_token(self) -> bool:
+        return "authorization" in self.headers
+
+    def verify(self, endpoint: str) -> ssl.SSLContext | bool:
+        """httpx's ``verify``: the system's trust (certifi) unless a CA or a client certificate is given."""
+        if not endpoint.lower().startswith("https://") or (self.ca_file is None and self.client_cert is None):
+            return True
+        if self.ca_file is not None:
+            try:
+                context = ssl.create_default_context(cafile=str(self.ca_file))
+            except (ssl.SSLError, OSError) as error:
+                _fail(f"{self.ca_origin}: {self.ca_file} is not a readable PEM CA certificate: {error}")
+        else:
+            context = httpx.create_ssl_context()
+        if self.client_cert is not None:
+            try:
+                key = str(self.client_key) if self.client_key is not None else None
+                context.load_cert_chain(str(self.client_cert), key)
+            except (ssl.SSLError, OSError) as error:
+                _fail(
+                    f"{self.cert_origin}: {self.client_cert} and {self.client_key or 'its key'} are not a "
+                    f"readable PEM certificate and private key: {error}"
+                )
+        return context
+
+
+def resolve_security(
+    endpoint: str,
+    header_options: list[str],
+    token_file: Path | None,
+    ca_file: Path | None,
+    client_cert: Path | None,
+    client_key: Path | None,
+    environ: dict[str, str] | None = None,
+) -> Security:
+    """The options, else the ``OTEL_EXPORTER_OTLP_*`` variables (headers merge, options win)."""
+    env = os.environ if environ is None else environ
+    headers = headers_from_env(env.get(HEADERS_VARIABLE, ""))
+    explicit = headers_from_options(header_options)
+    if token_file is not None:
+        if "authorization" in explicit:
+            _fail("give the token either with --token-file or with --header authorization=..., not both")
+        explicit["authorization"] = f"Bearer {read_token(token_file)}"
+    headers.update(explicit)
+    https = endpoint.lower().startswith("https://")
+    given = [name for name, value in (("--ca-file", ca_file), ("--client-cert", client_cert),
+                                      ("--client-key", client_key)) if value is not None]  # fmt: skip
+    if given and not https:
+        _fail(f"{', '.join(given)} need an https:// --endpoint (it is {endpoint})")
+    if client_key is not None and client_cert is None and not env.get(CLIENT_CERT_VARIABLE):
+        _fail("--client-key needs --client-cert")
+    ca_origin, cert_origin = "--ca-file", "--client-cert"
+    if ca_file is None and env.get(CA_VARIABLE):
+        ca_file, ca_origin = Path(env[CA_VARIABLE]), CA_VARIABLE
+    if client_cert is None and env.get(CLIENT_CERT_VARIABLE):
+        client_cert, cert_origin = Path(env[CLIENT_CERT_VARIABLE]), CLIENT_CERT_VARIABLE
+        if client_key is None and env.get(CLIENT_KEY_VARIABLE):
+            client_key = Path(env[CLIENT_KEY_VARIABLE])
+    return Security(headers, ca_file, client_cert, client_key, ca_origin, cert_origin)
+
+
 # --- sending ----------------------------------------------------------------------------
 
 
@@ -210,13 +370,53 @@ def _status_message(response: httpx.Response) -> str:
 class Sender:
     """POSTs label records to the collector, retrying while it is busy."""
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, security: Security | None = None) -> None:
         self.endpoint = endpoint.rstrip("/")
         self.url = self.endpoint + LABELS_PATH
-        self.client = httpx.Client(timeout=60.0)
+        self.security = security if security is not None else Security()
+        self.client = httpx.Client(
+            timeout=60.0, headers=self.security.headers, verify=self.security.verify(self.endpoint)
+        )
 
     def unreachable(self, error: Exception) -> NoReturn:
+        https = self.endpoint.lower().startswith("https://")
+        closed = isinstance(error, (httpx.RemoteProtocolError, httpx.ReadError))
+        if isinstance(error.__context__ or error.__cause__, ssl.SSLError) or "SSL" in str(error):
+            hint = (
+                "check the CA (--ca-file or OTEL_EXPORTER_OTLP_CERTIFICATE) and, for mutual TLS, "
+                "the client certificate (--client-cert/--client-key or OTEL_EXPORTER_OTLP_CLIENT_*)"
+            )
+            _fail(f"the TLS handshake with {self.endpoint} failed: {error}; {hint}")
+        if https and closed:  # TLS 1.3: a missing client certificate shows only as a closed connection
+            _fail(
+                f"the TLS handshake with {self.endpoint} failed: the collector closed the connection "
+                f"({error}); under mutual TLS it needs a client certificate signed by its CA "
+                "(--client-cert/--client-key or OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE/_KEY)"
+            )
+        if not https and closed:
+            _fail(
+                f"{self.endpoint} closed the connection ({error}): if the collector serves TLS, "
+                "use an https:// --endpoint"
+            )
         _fail(f"no collector answers at {self.endpoint}: start `modeltel collect` first ({error})")
+
+    def redact(self, text: str) -> str:
+        """``text`` with any header value sent (a token, a proxy echoing it) masked."""
+        for value in self.security.headers.values():
+            for secret in {value, value.partition(" ")[2]}:
+                if len(secret) >= 4:
+                    text = text.replace(secret, "***")
+        return text
+
+    def refused(self, response: httpx.Response) -> NoReturn:
+        """401/403: the token is missing or not accepted (never shown)."""
+        reason = f"{response.status_code} {self.redact(_status_message(response))}"
+        if not self.security.has_token:
+            _fail(f"the collector refused the token: none was sent ({reason}); {TOKEN_HINT}")
+        _fail(
+            f"the collector refused the token: {reason}; check the token given with --token-file, "
+            f"--header authorization=... or {HEADERS_VARIABLE}"
+        )
 
     def post(self, records: list[dict[str, Any]], *, retry_unreachable: bool = True) -> dict[str, Any]:
         body = gzip.compress(json.dumps(records, separators=(",", ":")).encode(), compresslevel=1)
@@ -232,6 +432,8 @@ class Sender:
             if response.status_code in (429, 503) and attempt < MAX_ATTEMPTS:
                 time.sleep(_retry_after(response))
                 continue
+            if response.status_code in (401, 403):
+                self.refused(response)
             if response.status_code == 404:
                 _fail(
                     f"{self.endpoint} does not take labels (POST {LABELS_PATH} answered 404): "
@@ -239,7 +441,8 @@ class Sender:
                 )
             if response.status_code != 200:
                 _fail(
-                    f"the collector refused the labels ({response.status_code}): {_status_message(response)}"
+                    f"the collector refused the labels ({response.status_code}): "
+                    f"{self.redact(_status_message(response))}"
                 )
             answer: dict[str, Any] = response.json()
             return answer
@@ -283,7 +486,12 @@ IMPORT_HELP = (
     "them to their predictions, so this command takes no --data-dir: start `modeltel collect` first. "
     "Each prediction id is joined once: importing a file again is harmless.\n\n"
     "Numbers are regression targets; strings and true/false are classes. Rejected rows are "
-    "reported by their 1-based row number (a CSV header not counted)."
+    "reported by their 1-based row number (a CSV header not counted).\n\n"
+    "A secured collector: the token and certificates come from OTEL_EXPORTER_OTLP_HEADERS "
+    "(authorization=Bearer%20<token>), OTEL_EXPORTER_OTLP_CERTIFICATE, "
+    "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and OTEL_EXPORTER_OTLP_CLIENT_KEY, as for the "
+    "OpenTelemetry exporters; --header, --token-file, --ca-file, --client-cert and --client-key "
+    "win over them. An https:// --endpoint uses TLS."
 )
 
 
@@ -313,11 +521,49 @@ def import_labels(
         int,
         typer.Option(min=1, max=MAX_LABELS_PER_REQUEST, metavar="ROWS", help="Rows per request."),
     ] = 5000,
+    header: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="NAME=VALUE",
+            help="A header to send with every request (repeatable; value as given, not URL-decoded). "
+            "Wins over OTEL_EXPORTER_OTLP_HEADERS.",
+        ),
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="PATH",
+            help="Send 'Authorization: Bearer <the file's first line>' (wins over the variable's).",
+        ),
+    ] = None,
+    ca_file: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="PATH",
+            help="PEM CA to verify the collector's certificate (default: OTEL_EXPORTER_OTLP_CERTIFICATE, "
+            "else the usual trust store).",
+        ),
+    ] = None,
+    client_cert: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="PATH",
+            help="PEM client certificate for mutual TLS (default: OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE).",
+        ),
+    ] = None,
+    client_key: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="PATH",
+            help="PEM private key of --client-cert (default: OTEL_EXPORTER_OTLP_CLIENT_KEY).",
+        ),
+    ] = None,
 ) -> None:
     """Send ground-truth labels from a file to a running collector (see ``IMPORT_HELP``)."""
     columns = Columns(id_column, value_column, None if model is not None else model_column)
+    security = resolve_security(endpoint, header or [], token_file, ca_file, client_cert, client_key)
     label_file = LabelFile(file, columns)
-    sender = Sender(endpoint)
+    sender = Sender(endpoint, security)
     try:
         sender.post([], retry_unreachable=False)  # fail fast, before reading the file
         totals = _import(label_file, sender, model, chunk_size)
