@@ -167,3 +167,28 @@ class HttpSink:
 
     def stop(self) -> None:
         self._server.stop()
+
+
+class NullProcessor:
+    """A pipeline processor that does nothing: tests subclass it and override what they record."""
+
+    def process_predictions(self, batch: Any) -> None:
+        pass
+
+    def process_labels(self, batch: Any) -> None:
+        pass
+
+    def process_spans(self, request: Any) -> None:
+        pass
+
+    def tick(self, now_unix_nano: int) -> None:
+        pass
+
+    def checkpoint(self) -> dict[str, Any]:
+        return {}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        pass

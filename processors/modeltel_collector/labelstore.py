@@ -390,10 +390,6 @@ class LabelStore:
             self.flush()
         return pairs
 
-    def add_prediction_batches(self, batches: Sequence[PredictionBatch]) -> list[JoinedPairs]:
-        """:meth:`add_predictions` for each batch."""
-        return [self.add_predictions(batch) for batch in batches]
-
     def _fresh(self, keys: np.ndarray) -> np.ndarray:
         """Rows whose key is neither buffered nor repeated earlier in ``keys``."""
         _, first = np.unique(keys, return_index=True)

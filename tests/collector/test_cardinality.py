@@ -21,7 +21,6 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsServiceRequest,
     ExportLogsServiceResponse,
 )
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -33,7 +32,7 @@ from modeltel_collector.config import ConfigError, Limits, load_config, parse_co
 from modeltel_collector.pipeline import LIMITS_CHECKPOINT_KEY, Pipeline
 from modeltel_collector.receivers import GrpcReceiver, http_receiver_app
 from modeltel_collector.receivers.errors import PayloadTooLarge
-from tests.otlp_sink import HttpServer
+from tests.otlp_sink import HttpServer, NullProcessor
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -79,7 +78,7 @@ def label(model: str, i: int = 0) -> dict[str, Any]:
     }
 
 
-class Recorder:
+class Recorder(NullProcessor):
     """A processor keeping every batch it is handed."""
 
     def __init__(self) -> None:
@@ -91,21 +90,6 @@ class Recorder:
 
     def process_labels(self, batch: LabelBatch) -> None:
         self.labels.append(batch)
-
-    def process_spans(self, request: ExportTraceServiceRequest) -> None:
-        pass
-
-    def tick(self, now_unix_nano: int) -> None:
-        pass
-
-    def checkpoint(self) -> dict[str, Any]:
-        return {}
-
-    def restore(self, state: dict[str, Any]) -> None:
-        pass
-
-    def shutdown(self) -> None:
-        pass
 
 
 class Harness:

@@ -36,12 +36,12 @@ from modeltel_collector.labels import MAX_LABELS_PER_REQUEST, labels_from_record
 from modeltel_collector.pipeline import Pipeline
 from modeltel_collector.receivers import http_receiver_app
 from tests.conftest import ROOT, telemetry_env
-from tests.otlp_sink import HttpSink, free_port, wait_until
+from tests.otlp_sink import HttpSink, NullProcessor, free_port, wait_until
 
 NOW = 1_700_000_000_000_000_000
 
 
-class RecordingProcessor:
+class RecordingProcessor(NullProcessor):
     """Keeps the label batches it is given; ``block`` holds the pipeline thread in ``process_labels``."""
 
     def __init__(self) -> None:
@@ -51,28 +51,10 @@ class RecordingProcessor:
         self.release.set()
         self.busy = threading.Event()
 
-    def process_predictions(self, batch: Any) -> None:
-        pass
-
     def process_labels(self, batch: LabelBatch) -> None:
         self.busy.set()
         self.release.wait(30)
         self.labels.append(batch)
-
-    def process_spans(self, request: Any) -> None:
-        pass
-
-    def tick(self, now_unix_nano: int) -> None:
-        pass
-
-    def checkpoint(self) -> dict[str, Any]:
-        return {}
-
-    def restore(self, state: dict[str, Any]) -> None:
-        pass
-
-    def shutdown(self) -> None:
-        pass
 
 
 class LabelServer:
