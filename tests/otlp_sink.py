@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -15,9 +16,12 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from modeltel_collector.otlp_values import any_value, attributes
+from modeltel_collector.pipeline import Pipeline
 from modeltel_collector.receivers import GrpcReceiver, http_receiver_app
 from modeltel_collector.receivers.consumer import ACCEPTED, ExportOutcome
 from modeltel_collector.receivers.signals import LOGS
+from modeltel_collector.state import StateDb
+from modeltel_collector.wal import WriteAheadLog
 
 
 def free_port() -> int:
@@ -192,3 +196,10 @@ class NullProcessor:
 
     def shutdown(self) -> None:
         pass
+
+
+def open_pipeline(processors: dict[str, Any], meter: Any, data_dir: Path, **options: Any) -> Pipeline:
+    """A pipeline with its write-ahead log and state database in ``data_dir``, as the collector builds it."""
+    return Pipeline(
+        processors, meter, wal=WriteAheadLog(data_dir / "wal"), state=StateDb(data_dir), **options
+    )

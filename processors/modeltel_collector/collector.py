@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import threading
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -32,10 +29,14 @@ from modeltel_collector.receivers.security import (
     TlsFiles,
     load_bearer_tokens,
 )
+from modeltel_collector.state import StateDb
 from modeltel_collector.store import Store
+from modeltel_collector.wal import WriteAheadLog
 
 _logger = logging.getLogger(__name__)
-CHECKPOINT_FILE = "checkpoint.json"
+WAL_DIR = "wal"
+FORMER_STATE_FILES = ("checkpoint.json", "labels.sqlite")
+"""State files of earlier versions, replaced by the write-ahead log and ``state.sqlite``."""
 OTLP_HTTP_METRICS_PATH = "/v1/metrics"
 
 
@@ -127,16 +128,24 @@ class Collector:
         )
         meter = self.meter_provider.get_meter(semconv.SCOPE_NAME)
         self.store = Store(config.data_dir)
+        for former in FORMER_STATE_FILES:
+            if (config.data_dir / former).exists():
+                _logger.warning("modeltel: %s is from an earlier version and not read; delete it", former)
+        state = StateDb(config.data_dir)
         context = ProcessorContext(
-            meter=meter, data_dir=config.data_dir, models=config.models, store=self.store
+            meter=meter, data_dir=config.data_dir, models=config.models, store=self.store, state=state
         )
-        self.pipeline = Pipeline(
+        durability = config.durability
+        self.pipeline = Pipeline(  # restores the last checkpoint and replays the log after it
             self._processors(context),
             meter,
+            wal=WriteAheadLog(config.data_dir / WAL_DIR, sync=durability.sync),
+            state=state,
             max_queue_batches=config.receivers.otlp.max_queue_batches,
+            checkpoint_seconds=durability.checkpoint_interval,
+            dedupe_seconds=durability.dedupe_window,
             limits=config.limits,
         )
-        self._restore()
         self.alerting: EmbeddedAlerting | None = None
         if policies is not None and config.alerting is not None and alerting_source is not None:
             self.alerting = EmbeddedAlerting(
@@ -171,21 +180,6 @@ class Collector:
                     raise ConfigError(f"invalid collector configuration: {problems}") from None
             processors[name] = factory.create(section, context)
         return processors
-
-    @property
-    def checkpoint_path(self) -> Path:
-        return self.config.data_dir / CHECKPOINT_FILE
-
-    def _restore(self) -> None:
-        if self.checkpoint_path.exists():
-            self.pipeline.restore(json.loads(self.checkpoint_path.read_text()))
-            _logger.info("modeltel: restored state from %s", self.checkpoint_path)
-
-    def save_checkpoint(self) -> None:
-        """Write the processors' state atomically (a crash mid-write keeps the previous one)."""
-        temporary = self.checkpoint_path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(self.pipeline.checkpoint()))
-        os.replace(temporary, self.checkpoint_path)
 
     def start(self) -> Collector:
         policies = self.alerting.policies if self.alerting is not None else None
@@ -222,7 +216,7 @@ class Collector:
         return self._grpc.port if self._grpc is not None else None
 
     def stop(self) -> None:
-        """Stop receiving, process what was accepted, save the state, stop exporting."""
+        """Stop receiving, apply what was accepted, checkpoint, stop exporting."""
         if self._grpc is not None:
             self._grpc.stop(grace=5.0)
         if self._http is not None:
@@ -230,7 +224,6 @@ class Collector:
         for thread in self._threads:
             thread.join(10)
         self.pipeline.shutdown()
-        self.save_checkpoint()
         if self.alerting is not None:
             self.alerting.stop()
         if self._prometheus is not None:

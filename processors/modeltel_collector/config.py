@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import re
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -131,6 +132,10 @@ class DriftProcessor(_Section):
     """A window with fewer events is not reported (gauges keep the last reported window)."""
     alpha: float = Field(default=0.05, gt=0, lt=1)
     """Significance level before the Bonferroni correction across features."""
+    max_categories: int = Field(default=1000, gt=0)
+    """Distinct categories per categorical feature counted one by one, in a warm-up reference
+    and in each window (categories unseen in the reference); the rest are pooled as
+    ``__other__``, so memory stays bounded whatever a client sends."""
     features: dict[str, FeatureDrift] = {}
 
 
@@ -189,8 +194,8 @@ class Limits(_Section):
     Models, versions and features are admitted as they first arrive (labels for a model
     admit it too) and remembered in the checkpoint; past a limit, the records of a refused
     model or version are rejected (partial success naming the limit) and features beyond a
-    model's limit are dropped from the records, which are kept. Categories per feature need
-    no limit here: the drift windows and reference builder count a bounded number of them.
+    model's limit are dropped from the records, which are kept. Categories per feature are
+    bounded by the drift processor's ``max_categories``.
     """
 
     max_models: int = Field(default=100, gt=0)
@@ -199,6 +204,19 @@ class Limits(_Section):
     """Distinct ``ml.model.version`` values of one model."""
     max_features_per_model: int = Field(default=500, gt=0)
     """Distinct ``ml.feature.*`` names of one model (all its versions together)."""
+
+
+class Durability(_Section):
+    """The write-ahead log and checkpoints: an acknowledged request is never lost (docs/reliability.md)."""
+
+    checkpoint_interval: Duration = 5.0
+    """How often the processors' state is committed; after a crash, the requests acknowledged
+    since are replayed from the write-ahead log."""
+    dedupe_window: Duration = 3600.0
+    """How long a request's digest is kept to recognise a retried export (not applied twice)."""
+    sync: bool = True
+    """``fdatasync`` the write-ahead log before acknowledging; without it an acknowledged
+    request survives a crash of the collector but not of the machine."""
 
 
 class Band(_Section):
@@ -258,6 +276,7 @@ class CollectorConfig(_Section):
     exporters: Exporters = Exporters()
     models: dict[str, ModelSettings] = {}
     limits: Limits = Limits()
+    durability: Durability = Durability()
     alerting: Alerting | None = None
     """Off unless given."""
     data_dir: Path = Path("modeltel-data")
@@ -283,8 +302,28 @@ def _section_at(location: tuple[Any, ...]) -> type[BaseModel] | None:
     return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
 
 
+MAX_PROBLEMS_SHOWN = 20
+"""Validation problems listed in a :class:`ConfigError`; the others are counted."""
+_INPUT = reprlib.Repr()
+_INPUT.maxlevel, _INPUT.maxstring, _INPUT.maxother = 2, 80, 80
+_INPUT.maxdict = _INPUT.maxlist = _INPUT.maxtuple = _INPUT.maxset = 4
+
+
+def _shown(value: Any) -> str:
+    """``value`` as written in an error: bounded, whatever its size or nesting."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"an integer of {len(str(value)) if value.bit_length() < 13_000 else 'over 4000'} digits"
+    return _INPUT.repr(value)
+
+
+def shown_key(part: Any) -> str:
+    """A key as written in an error: as it is if printable and short, else quoted and cut."""
+    text = str(part)
+    return text if text.isprintable() and len(text) <= 80 else _INPUT.repr(text)
+
+
 def _describe(error: Any) -> str:
-    location = ".".join(str(part) for part in error["loc"]) or "the configuration"
+    location = ".".join(shown_key(part) for part in error["loc"]) or "the configuration"
     if error["type"] == "extra_forbidden":
         section = _section_at(tuple(error["loc"][:-1]))
         keys = ", ".join(section.model_fields) if section else "none"
@@ -292,7 +331,7 @@ def _describe(error: Any) -> str:
     message = str(error["msg"]).removeprefix("Value error, ")
     if "bearer_tokens" in error["loc"]:  # a secret, even when mistyped
         return f"{location}: {message}"
-    return f"{location}: {message} (got {error['input']!r})"
+    return f"{location}: {message} (got {_shown(error['input'])})"
 
 
 def parse_config(data: Any) -> CollectorConfig:
@@ -300,18 +339,27 @@ def parse_config(data: Any) -> CollectorConfig:
     try:
         return CollectorConfig.model_validate({} if data is None else data)
     except ValidationError as error:
-        problems = "\n".join(f"  {_describe(e)}" for e in error.errors())
-        raise ConfigError(f"invalid collector configuration:\n{problems}") from None
+        errors = error.errors()
+        problems = [f"  {_describe(e)}" for e in errors[:MAX_PROBLEMS_SHOWN]]
+        if len(errors) > MAX_PROBLEMS_SHOWN:
+            problems.append(f"  and {len(errors) - MAX_PROBLEMS_SHOWN} more problems")
+        raise ConfigError("invalid collector configuration:\n" + "\n".join(problems)) from None
 
 
 def read_yaml(path: Path, error: type[Exception]) -> Any:
     """The YAML document in ``path``; ``error`` naming the file if it cannot be read or parsed."""
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as cause:
         raise error(f"cannot read {path}: {cause.strerror}") from None
+    except UnicodeDecodeError as cause:
+        raise error(f"{path} is not UTF-8 text (byte {cause.start})") from None
     except yaml.YAMLError as cause:
         raise error(f"{path} is not valid YAML: {cause}") from None
+    except RecursionError:
+        raise error(f"{path} is nested too deeply to be a configuration") from None
+    except ValueError as cause:  # a value YAML cannot convert: a date out of range, a huge integer
+        raise error(f"{path} holds a value that cannot be read: {cause}") from None
 
 
 def load_config(path: Path | None) -> CollectorConfig:

@@ -78,6 +78,7 @@ from modeltel_collector.wire import (
     INT,
     MAP,
     NONE,
+    OTHER,
     STRING,
     LogsTable,
     first_appearances,
@@ -119,6 +120,7 @@ _KIND_NAMES = {
     BYTES: "bytes",
     ARRAY: "an array",
     MAP: "a map",
+    OTHER: "a value of an unsupported kind",
 }
 
 
@@ -726,8 +728,8 @@ def _labels(records: _Records, now: int) -> tuple[list[LabelBatch], dict[str, in
     table = records.table
     values = records.with_role(_VALUE)
     numbers = records.last(values[_numeric(table, values)])
-    textual = _textual(table, values)
-    classes = records.last(values[textual])
+    textual = _textual(table, values) & ((table.kind[values] != STRING) | (table.length[values] > 0))
+    classes = records.last(values[textual])  # an empty string is no class: "ml.label.value is empty"
     required = np.flatnonzero((records.role == _MODEL) | (records.role == _ID))
     (models, ids), problems = _required(records, (_MODEL, _ID), _nonempty_strings(table, required), required)
     unusable = values[~(textual | _numeric(table, values))]

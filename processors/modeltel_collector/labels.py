@@ -16,12 +16,14 @@ sent a string or bool, a ``value_class`` column (bools as ``"true"``/``"false"``
 written ``"1"`` when integral, else ``repr``). Invalid records are reported one by one,
 by their index in the list, and left out; the others are used.
 
-:func:`records_from_columns` is the importer's side: file columns (as Python lists) into
+:func:`parse_labels` reads a ``/v1/labels`` body into records. :func:`records_from_columns`
+is the importer's side: file columns (as Python lists) into
 those records.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Sequence
@@ -32,6 +34,8 @@ import numpy as np
 
 from modeltel_collector.batch import LabelBatch
 from modeltel_collector.extract import _as_int64, _numbers_and_classes
+from modeltel_collector.receivers.consumer import InvalidPayload
+from modeltel_collector.receivers.errors import PayloadTooLarge
 
 MODEL = "model"
 PREDICTION_ID = "prediction_id"
@@ -92,6 +96,27 @@ def _time(value: Any) -> int | None:
     else:
         return None
     return nanos if 0 <= nanos <= _INT64_MAX else None
+
+
+def parse_labels(payload: bytes) -> list[Any]:
+    """The records of a ``/v1/labels`` body; :class:`InvalidPayload` or :class:`PayloadTooLarge`."""
+    try:
+        document = json.loads(payload)
+    except (ValueError, RecursionError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise InvalidPayload(f"the body is not valid JSON: {error}") from None
+    if isinstance(document, dict) and "labels" in document:
+        document = document["labels"]
+    if not isinstance(document, list):
+        raise InvalidPayload(
+            'the body must be a JSON list of labels, or an object {"labels": [...]}, '
+            f"not {type(document).__name__ if not isinstance(document, dict) else 'an object without labels'}"
+        )
+    if len(document) > MAX_LABELS_PER_REQUEST:
+        raise PayloadTooLarge(
+            f"{len(document)} labels in one request; the limit is {MAX_LABELS_PER_REQUEST}: "
+            "send them in smaller requests"
+        )
+    return document
 
 
 def labels_from_records(

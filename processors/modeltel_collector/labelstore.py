@@ -31,8 +31,10 @@ wins); a joined prediction keeps its index row with ``joined = 1`` until its par
 expires, so a duplicate or retried label finds it joined and is ignored. Every prediction
 id is thus joined at most once while it is within the TTL.
 
-The store is used from one thread at a time (the pipeline thread); the connection is
-opened with ``check_same_thread=False`` so it may be created on another thread.
+The store's tables live in the collector's state database
+(:class:`~modeltel_collector.state.StateDb`): it writes inside the transaction the
+pipeline keeps open, so its rows are committed with the checkpoint that accounts for them.
+It is used from one thread at a time (the pipeline thread).
 """
 
 from __future__ import annotations
@@ -47,7 +49,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -55,11 +56,9 @@ import orjson
 import pyarrow as pa
 
 from modeltel_collector.batch import LabelBatch, PredictionBatch
+from modeltel_collector.state import atomic
 
 _logger = logging.getLogger(__name__)
-
-SCHEMA_VERSION = 3
-"""``PRAGMA user_version`` of the label store's file."""
 
 FLUSH_ROWS = 20_000
 """Buffered predictions written together: one chunk and one sorted index insert per flush."""
@@ -77,7 +76,7 @@ _ROW_BITS = 24
 """``loc = chunk << _ROW_BITS | row``: a chunk holds fewer than 2**24 rows."""
 _ROW_MASK = (1 << _ROW_BITS) - 1
 
-_SCHEMA = f"""
+_SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS partitions (
     part INTEGER PRIMARY KEY,
@@ -105,8 +104,7 @@ CREATE TABLE IF NOT EXISTS pending_labels (
     value REAL,
     value_class TEXT
 );
-CREATE INDEX IF NOT EXISTS pending_labels_time ON pending_labels (time_unix_nano);
-PRAGMA user_version = {SCHEMA_VERSION};
+CREATE INDEX IF NOT EXISTS pending_labels_time ON pending_labels (time_unix_nano)
 """
 
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
@@ -293,29 +291,25 @@ class _Chunk:
 
 
 class LabelStore:
-    """Joins predictions and labels by ``(model, prediction id)`` in a SQLite file, exactly once.
+    """Joins predictions and labels by ``(model, prediction id)`` in SQLite, exactly once.
 
     Parameters
     ----------
-    path
-        The SQLite file (created, with its parent directories, if missing).
+    db
+        The state database's connection (:attr:`~modeltel_collector.state.StateDb.connection`).
     ttl_seconds
         How long a prediction waits for its label and a label for its prediction.
     flush_rows
         Buffered predictions that trigger a flush (see the module docstring).
     """
 
-    def __init__(self, path: Path, ttl_seconds: float, *, flush_rows: int = FLUSH_ROWS) -> None:
-        self.path = Path(path)
+    def __init__(self, db: sqlite3.Connection, ttl_seconds: float, *, flush_rows: int = FLUSH_ROWS) -> None:
         self.ttl_nanos = int(ttl_seconds * 1e9)
         self.partition_nanos = max(self.ttl_nanos // PARTITIONS_PER_TTL, 1)
         self.flush_rows = flush_rows
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._upgrade()
-        self._db.executescript(_SCHEMA)
+        self._db = db
+        for statement in _SCHEMA.split(";"):
+            db.execute(statement)
         self._seed = self._meta("key_seed", secrets.randbits(63))
         self._cutoff = -(2**63)
         """Predictions older than this (the last expiry's cutoff) no longer join."""
@@ -331,34 +325,10 @@ class LabelStore:
         self._chunks: OrderedDict[int, _Chunk] = OrderedDict()
         self._pending = self._db.execute("SELECT COUNT(*) FROM pending_labels").fetchone()[0]
 
-    def _upgrade(self) -> None:
-        """Drop the tables of an older file format (pre-release: waiting rows are not converted)."""
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        tables = [row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-        if version != SCHEMA_VERSION and tables:
-            _logger.warning(
-                "modeltel: %s has an older label store format (%d); its waiting predictions and "
-                "labels are discarded",
-                self.path,
-                version,
-            )
-            for table in tables:
-                self._db.execute(f'DROP TABLE IF EXISTS "{table}"')
-
     def _meta(self, name: str, default: int) -> int:
         self._db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (name, default))
         value: int = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()[0]
         return value
-
-    def close(self) -> None:
-        self.flush()
-        self._db.close()
-
-    def __enter__(self) -> LabelStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def keys(self, model: str, ids: np.ndarray) -> np.ndarray:
         return prediction_keys(model, ids, self._seed)
@@ -487,9 +457,7 @@ class LabelStore:
             np.array([m[1][4] for m in matched], dtype=object),
         )
         joined[prediction_rows] = True
-        self._db.execute("BEGIN")
         self._db.executemany("DELETE FROM pending_labels WHERE key = ?", ((m[1][0],) for m in matched))
-        self._db.execute("COMMIT")
         self._pending -= len(matched)
         return _Chunk.of([batch]).pairs(prediction_rows, labels, np.arange(len(matched)))
 
@@ -504,8 +472,7 @@ class LabelStore:
         for i, (batch, _, _) in enumerate(buffer):
             groups.setdefault((batch.model, batch.version), []).append(i)
         db = self._db
-        db.execute("BEGIN")
-        try:
+        with atomic(db):
             index_rows: dict[int, list[np.ndarray]] = {}
             ceiling = (time.time_ns() // self.partition_nanos + 1) * self.partition_nanos
             for (model, version), members in groups.items():
@@ -543,10 +510,6 @@ class LabelStore:
                     (orjson.dumps(table, option=orjson.OPT_SERIALIZE_NUMPY),),
                 )
                 self._merge(part)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     def _ensure_partition(self, part: int) -> None:
         start = part * self.partition_nanos
@@ -647,8 +610,7 @@ class LabelStore:
         classes = _label_class(batch)
         values = batch.value[rows]
         db = self._db
-        db.execute("BEGIN")
-        try:
+        with atomic(db):
             before = db.total_changes
             db.executemany(
                 "INSERT OR IGNORE INTO pending_labels VALUES (?, ?, ?, ?, ?, ?)",
@@ -663,10 +625,6 @@ class LabelStore:
                 ),
             )
             self._pending += db.total_changes - before
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     # Expiry and counts.
 
@@ -677,8 +635,7 @@ class LabelStore:
         cutoff = now_unix_nano - self.ttl_nanos
         self._cutoff = max(self._cutoff, cutoff)
         db = self._db
-        db.execute("BEGIN")
-        try:
+        with atomic(db):
             deleted = 0
             for (part,) in db.execute(
                 "SELECT part FROM partitions WHERE end_unix_nano <= ?", (cutoff,)
@@ -690,10 +647,6 @@ class LabelStore:
                 db.execute("DELETE FROM prediction_chunks WHERE part = ?", (part,))
                 db.execute("DELETE FROM partitions WHERE part = ?", (part,))
             labels = db.execute("DELETE FROM pending_labels WHERE time_unix_nano < ?", (cutoff,)).rowcount
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         self._pending -= labels
         self._chunks.clear()
         return int(deleted + labels)

@@ -72,8 +72,9 @@ from opentelemetry.proto.resource.v1 import resource_pb2
 from modeltel._otlp import field
 from modeltel_collector.receivers.signals import LOGS
 
-# Attribute value kinds, as ``AnyValue``'s oneof.
-NONE, DOUBLE, INT, BOOL, STRING, BYTES, ARRAY, MAP = range(8)
+# Attribute value kinds, as ``AnyValue``'s oneof; OTHER: a field added to it since, such as
+# ``string_value_strindex`` (an index into a profiles string table, meaningless in logs).
+NONE, DOUBLE, INT, BOOL, STRING, BYTES, ARRAY, MAP, OTHER = range(9)
 KIND_FIELDS = (
     None,
     "double_value",
@@ -144,7 +145,7 @@ class LogsTable:
     keys: list[str]
     """Distinct keys of the request, in order of first appearance."""
     kind: np.ndarray
-    """uint8, ``NONE`` ... ``MAP``."""
+    """uint8, ``NONE`` ... ``OTHER``."""
     number: np.ndarray
     integer: np.ndarray
     text: np.ndarray
@@ -716,7 +717,7 @@ class _AttributeParser:
             key[i] = self._key_id(kv.key)
             value = kv.value
             field = value.WhichOneof("value")
-            code = _KINDS[field]
+            code = _KINDS.get(field, OTHER)
             kind[i] = code
             if code == DOUBLE:
                 number[i] = value.double_value

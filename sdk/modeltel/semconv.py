@@ -65,6 +65,9 @@ RECEIVER_LIMITED_METRIC: Final = "modeltel.receiver.limited"
 """Counter of refusals by the collector's cardinality limits (attributes ``limit``: ``max_models``,
 ``max_versions_per_model`` or ``max_features_per_model``; ``signal``): records of a refused model
 or version, feature columns dropped from a batch."""
+RECEIVER_DUPLICATES_METRIC: Final = "modeltel.receiver.duplicates"
+"""Counter of requests received again (a retried export, same bytes) and not applied twice
+(attribute ``signal``: ``logs`` or ``labels``)."""
 ALERTS_FIRING_METRIC: Final = "modeltel.alerts.firing"
 ALERT_EVALUATIONS_METRIC: Final = "modeltel.alerts.evaluations"
 NOTIFICATIONS_SENT_METRIC: Final = "modeltel.notifications.sent"

@@ -296,11 +296,11 @@ class _Labels:
                 kind = value.WhichOneof("value")
                 if kind == "double_value" or kind == "int_value":
                     number = getattr(value, kind)
-                elif kind == "string_value":
+                elif kind == "string_value" and value.string_value:
                     cls = value.string_value
                 elif kind == "bool_value":
                     cls = "true" if value.bool_value else "false"
-                elif problem is None:
+                elif problem is None:  # an empty string too: "ml.label.value is empty"
                     problem = _mistyped(key, value, "a number, string or bool")
             elif key == semconv.MODEL_NAME or key == semconv.PREDICTION_ID:
                 value = kv.value

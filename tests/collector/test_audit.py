@@ -14,6 +14,7 @@ from modeltel_collector.batch import LabelBatch, PredictionBatch
 from modeltel_collector.config import AuditProcessor as AuditConfig
 from modeltel_collector.processors.audit import AuditProcessor
 from modeltel_collector.processors.base import ProcessorContext
+from modeltel_collector.state import StateDb
 
 DAY1 = int(dt.datetime(2026, 11, 26, 23, 59, tzinfo=dt.timezone.utc).timestamp()) * 1_000_000_000
 
@@ -32,9 +33,20 @@ def predictions(model, start, n, *, features):
     )
 
 
-def processor(tmp_path, **config):
-    context = ProcessorContext(meter=MeterProvider().get_meter("t"), data_dir=tmp_path, clock=lambda: DAY1)
+def processor(tmp_path, state=None, **config):
+    context = ProcessorContext(
+        meter=MeterProvider().get_meter("t"),
+        data_dir=tmp_path,
+        clock=lambda: DAY1,
+        state=state or StateDb(tmp_path),
+    )
     return AuditProcessor(AuditConfig(**config), context)
+
+
+def audited_ids(root):
+    return duckdb.sql(
+        f"select prediction_id from read_parquet('{root}/predictions/**/*.parquet', hive_partitioning=true)"
+    ).fetchall()
 
 
 def test_every_row_once_partitioned_by_model_and_day(tmp_path):
@@ -46,7 +58,7 @@ def test_every_row_once_partitioned_by_model_and_day(tmp_path):
                    np.array(["salary-a", "salary-b"], dtype=object), np.array([1.0, np.nan]),
                    np.array([None, "spam"], dtype=object))
     )  # fmt: skip
-    audit.checkpoint()  # writes what is buffered
+    audit.shutdown()  # writes what is buffered
 
     root = audit.root
     days = sorted(p.name for p in (root / "predictions" / "model=salary").iterdir())
@@ -92,9 +104,36 @@ def test_files_rotate_at_flush_rows(tmp_path):
     noon = DAY1 + 12 * 3600 * 1_000_000_000
     for i in range(4):
         audit.process_predictions(predictions("m", noon + i * 10**11, 30, features=["x"]))
-    audit.checkpoint()
+    audit.shutdown()
     sizes = sorted(duckdb.sql(
         f"select count(*) from read_parquet('{tmp_path}/audit/predictions/**/*.parquet', filename=true) "
         "group by filename"
     ).fetchall())  # fmt: skip
     assert sizes == [(60,), (60,)]
+
+
+def test_a_crash_neither_loses_nor_repeats_a_row(tmp_path):
+    """Rows buffered at a checkpoint are saved with it; files written after it are removed on
+    restore, since the pipeline replays what came after the checkpoint."""
+    noon = DAY1 + 12 * 3600 * 1_000_000_000
+    batches = [predictions("m", noon + i * 10**11, 30, features=["x"]) for i in range(5)]
+    state = StateDb(tmp_path)
+    audit = processor(tmp_path, state, flush_rows=50)
+    for batch in batches[:3]:  # 90 rows: one file of 60 written, 30 buffered
+        audit.process_predictions(batch)
+    state.commit(3, {"audit": audit.checkpoint()})
+    for batch in batches[3:]:  # after the checkpoint: a file (60 rows) is written, then the crash
+        audit.process_predictions(batch)
+    assert len(audited_ids(audit.root)) == 120
+    state.close()  # the crash: what was written since the commit is rolled back
+
+    state = StateDb(tmp_path)
+    restarted = processor(tmp_path, state, flush_rows=50)
+    restarted.restore(state.load()[1]["audit"])
+    assert len(audited_ids(restarted.root)) == 60  # the file written after the checkpoint is gone
+    for batch in batches[3:]:  # the replay
+        restarted.process_predictions(batch)
+    restarted.shutdown()
+    ids = [row[0] for row in audited_ids(restarted.root)]
+    expected = [pid for batch in batches for pid in batch.prediction_ids]
+    assert sorted(ids) == sorted(expected)

@@ -29,10 +29,11 @@ from modeltel import semconv
 from modeltel_collector.batch import LabelBatch, PredictionBatch
 from modeltel_collector.collector import Collector
 from modeltel_collector.config import ConfigError, Limits, load_config, parse_config
-from modeltel_collector.pipeline import LIMITS_CHECKPOINT_KEY, Pipeline
+from modeltel_collector.pipeline import LIMITS_CHECKPOINT_KEY
 from modeltel_collector.receivers import GrpcReceiver, http_receiver_app
 from modeltel_collector.receivers.errors import PayloadTooLarge
-from tests.otlp_sink import HttpServer, NullProcessor
+from modeltel_collector.state import StateDb
+from tests.otlp_sink import HttpServer, NullProcessor, open_pipeline
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -93,11 +94,11 @@ class Recorder(NullProcessor):
 
 
 class Harness:
-    def __init__(self, limits: Limits, **kwargs: Any) -> None:
+    def __init__(self, limits: Limits, data_dir: Path, **kwargs: Any) -> None:
         self.reader = InMemoryMetricReader()
         self.recorder = Recorder()
         meter = MeterProvider(metric_readers=[self.reader]).get_meter("t")
-        self.pipeline = Pipeline({"recorder": self.recorder}, meter, limits=limits, **kwargs)
+        self.pipeline = open_pipeline({"recorder": self.recorder}, meter, data_dir, limits=limits, **kwargs)
 
     def counter(self, name: str, **attributes: str) -> int:
         data = self.reader.get_metrics_data()
@@ -116,8 +117,8 @@ class Harness:
 
 
 @pytest.fixture
-def harness() -> Iterator[Harness]:
-    h = Harness(Limits(max_models=2, max_versions_per_model=2, max_features_per_model=3))
+def harness(tmp_path: Path) -> Iterator[Harness]:
+    h = Harness(Limits(max_models=2, max_versions_per_model=2, max_features_per_model=3), tmp_path)
     yield h
     h.pipeline.shutdown()
 
@@ -237,10 +238,16 @@ def test_labels_api_refuses_models_beyond_the_limit(harness: Harness, client: ht
     records = [
         {"model": "a", "prediction_id": "a-1-0", "value": 1.0},
         {"model": "zz", "prediction_id": "zz-1-0", "value": 1.0},
+        {"model": "zz", "prediction_id": "zz-1-1"},  # invalid as well: its own error only
     ]
     response = client.post("/v1/labels", json=records)
     assert response.status_code == 200, response.text
-    assert response.json()["accepted"] == 1
+    answer = response.json()
+    assert (answer["accepted"], answer["rejected"]) == (1, 2)
+    assert [error["index"] for error in answer["errors"]] == [1, 2]
+    assert "model limit reached (2 models)" in answer["errors"][0]["error"]
+    assert "'zz' refused; raise limits.max_models" in answer["errors"][0]["error"]
+    assert answer["errors"][1]["error"] == "missing value"
     assert harness.pipeline.drain()
     assert [b.model for b in harness.recorder.labels] == ["a"]
     assert harness.limited("max_models", signal="labels") == 1
@@ -254,8 +261,8 @@ def test_labels_of_a_new_model_within_the_limit_admit_it(harness: Harness, expor
     assert sorted(harness.pipeline.admission.models) == ["a", "b"]
 
 
-def test_memory_bounded_under_ten_thousand_distinct_models() -> None:
-    harness = Harness(Limits())  # the defaults
+def test_memory_bounded_under_ten_thousand_distinct_models(tmp_path: Path) -> None:
+    harness = Harness(Limits(), tmp_path)  # the defaults
     try:
         rejected = 0
         for start in range(0, 10_000, 500):
@@ -281,19 +288,20 @@ def test_memory_bounded_under_ten_thousand_distinct_models() -> None:
         harness.pipeline.shutdown()
 
 
-def test_admitted_names_survive_a_restart() -> None:
+def test_admitted_names_survive_a_restart(tmp_path: Path) -> None:
     limits = Limits(max_models=2, max_versions_per_model=1, max_features_per_model=1)
-    first = Harness(limits)
+    first = Harness(limits, tmp_path)
     first.pipeline.consume_logs(request(prediction("a", x=1), prediction("b")))
-    state = first.pipeline.checkpoint()
     first.pipeline.shutdown()
-    assert state[LIMITS_CHECKPOINT_KEY] == {
+    state = StateDb(tmp_path)
+    checkpoint = state.load()
+    state.close()
+    assert checkpoint is not None and checkpoint[1][LIMITS_CHECKPOINT_KEY] == {
         "a": {"versions": ["1"], "features": ["x"]},
         "b": {"versions": ["1"], "features": []},
     }
-    second = Harness(limits)
+    second = Harness(limits, tmp_path)
     try:
-        second.pipeline.restore(state)
         outcome = second.pipeline.consume_logs(request(prediction("c"), prediction("a", x=2, y=3)))
         assert outcome.rejected == 1
         assert "ml.model.name 'c' refused" in outcome.error_message
@@ -304,8 +312,8 @@ def test_admitted_names_survive_a_restart() -> None:
         second.pipeline.shutdown()
 
 
-def test_a_request_that_cannot_be_queued_admits_nothing() -> None:
-    harness = Harness(Limits(max_models=2), max_queue_batches=1)
+def test_a_request_that_cannot_be_queued_admits_nothing(tmp_path: Path) -> None:
+    harness = Harness(Limits(max_models=2), tmp_path, max_queue_batches=1)
     try:
         with pytest.raises(PayloadTooLarge):
             harness.pipeline.consume_logs(request(prediction("a"), prediction("b")))
@@ -315,8 +323,8 @@ def test_a_request_that_cannot_be_queued_admits_nothing() -> None:
         harness.pipeline.shutdown()
 
 
-def test_concurrent_requests_never_admit_beyond_the_limit() -> None:
-    harness = Harness(Limits(max_models=10), max_queue_batches=100_000)
+def test_concurrent_requests_never_admit_beyond_the_limit(tmp_path: Path) -> None:
+    harness = Harness(Limits(max_models=10), tmp_path, max_queue_batches=100_000)
     try:
 
         def send(worker: int) -> None:

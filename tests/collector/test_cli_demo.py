@@ -51,6 +51,7 @@ def test_demo_runs_the_collector_and_shows_drift_and_accuracy() -> None:
         "--duration", "20",
         "--rate", "30",
         "--drift-at", "6",
+        "--drift-shift", "20",  # KS D = 0.5: p < 1e-6 for 3-s windows at 30/s (+10 years: ~0.02)
         "--concept-drift-at", "14",
         "--label-delay", "0.5",
         "--window", "3s",

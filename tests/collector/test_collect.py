@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import yaml
 
+from modeltel_collector.state import StateDb
 from tests.conftest import ROOT, telemetry_env
 from tests.otlp_sink import free_port, wait_until
 
@@ -77,7 +78,11 @@ def test_drift_detected_for_the_shifted_feature_only_and_restored_after_restart(
     finally:
         collector.send_signal(signal.SIGTERM)
         assert collector.wait(60) == 0
-    assert (data_dir / "checkpoint.json").exists()
+    state = StateDb(data_dir)
+    try:
+        assert state.load() is not None, "a clean stop commits a checkpoint"
+    finally:
+        state.close()
 
     restarted = _collect(config, data_dir)
     try:

@@ -136,3 +136,32 @@ def test_checkpoint_restore_continues_the_open_window(processor_and_reader, tmp_
     results = [p.latest("salary", "v1")["years"] for p in (processor, restored, again)]
     assert results[0] == results[1] == results[2]
     assert results[0].drifted
+
+
+def test_categories_beyond_max_categories_are_pooled(tmp_path):
+    """One client sending ever new categories cannot grow the reference or a window."""
+    config = DriftConfig(window=WINDOW, warmup=200, min_samples=10, max_categories=3)
+    processor = DriftProcessor(
+        config, ProcessorContext(meter=MeterProvider().get_meter("t"), data_dir=tmp_path)
+    )
+    rng = np.random.default_rng(8)
+    for start, prefix in ((0, "reference"), (60, "window")):
+        data = batch(rng, 500, start)
+        cities = np.array([f"{prefix}-{i}" for i in range(500)], dtype=object)
+        processor.process_predictions(PredictionBatch(**{**data.__dict__, "categorical": {"city": cities}}))
+    state = processor.checkpoint()
+
+    def counters(node):
+        if isinstance(node, dict):
+            if "max_categories" in node:  # a window's counter of categories unseen in the reference
+                yield node
+            if "categories" in node:  # the warm-up reference's profile
+                yield {"max_categories": 3, "counts": node["categories"]}
+            for value in node.values():
+                yield from counters(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from counters(value)
+
+    found = list(counters(state))
+    assert found and all(c["max_categories"] == 3 and len(c["counts"]) <= 3 for c in found), found

@@ -15,6 +15,7 @@ from modeltel_collector.config import PerformanceProcessor as PerformanceConfig
 from modeltel_collector.processors.base import ProcessorContext
 from modeltel_collector.processors.drift import DriftProcessor
 from modeltel_collector.processors.performance import PerformanceProcessor
+from modeltel_collector.state import StateDb
 from modeltel_collector.store import Store
 from tests.collector.test_drift_processor import WINDOW, S, batch
 from tests.collector.test_performance import T0, labels, predictions
@@ -22,7 +23,7 @@ from tests.collector.test_performance import T0, labels, predictions
 
 def _context(tmp_path: Path, store: Store | None) -> ProcessorContext:
     meter = MeterProvider().get_meter("test")
-    return ProcessorContext(meter=meter, data_dir=tmp_path, store=store)
+    return ProcessorContext(meter=meter, data_dir=tmp_path, store=store, state=StateDb(tmp_path))
 
 
 def test_store_records_upserts_filters_and_keeps_windows(tmp_path: Path) -> None:

@@ -33,10 +33,9 @@ from starlette.routing import Route
 from modeltel import semconv
 from modeltel_collector.batch import LabelBatch
 from modeltel_collector.labels import MAX_LABELS_PER_REQUEST, labels_from_records
-from modeltel_collector.pipeline import Pipeline
 from modeltel_collector.receivers import http_receiver_app
 from tests.conftest import ROOT, telemetry_env
-from tests.otlp_sink import HttpSink, NullProcessor, free_port, wait_until
+from tests.otlp_sink import HttpSink, NullProcessor, free_port, open_pipeline, wait_until
 
 NOW = 1_700_000_000_000_000_000
 
@@ -60,13 +59,14 @@ class RecordingProcessor(NullProcessor):
 class LabelServer:
     """A real Pipeline with a :class:`RecordingProcessor`, behind uvicorn serving ``http_receiver_app``."""
 
-    def __init__(self, max_queue_batches: int = 64) -> None:
+    def __init__(self, data_dir: Path, max_queue_batches: int = 64) -> None:
         self.reader = InMemoryMetricReader()
         self.provider = MeterProvider(metric_readers=[self.reader])
         self.processor = RecordingProcessor()
-        self.pipeline = Pipeline(
+        self.pipeline = open_pipeline(
             {"recording": self.processor},
             self.provider.get_meter("test"),
+            data_dir,
             max_queue_batches=max_queue_batches,
         )
         port = free_port()
@@ -109,8 +109,8 @@ class LabelServer:
 
 
 @pytest.fixture
-def server() -> Iterator[LabelServer]:
-    label_server = LabelServer()
+def server(tmp_path: Path) -> Iterator[LabelServer]:
+    label_server = LabelServer(tmp_path)
     yield label_server
     label_server.stop()
 
@@ -290,8 +290,8 @@ def test_other_content_types_are_415(server: LabelServer) -> None:
     assert response.status_code == 415
 
 
-def test_overloaded_is_429_with_retry_after_and_all_or_nothing() -> None:
-    label_server = LabelServer(max_queue_batches=2)
+def test_overloaded_is_429_with_retry_after_and_all_or_nothing(tmp_path: Path) -> None:
+    label_server = LabelServer(tmp_path, max_queue_batches=2)
     processor = label_server.processor
     try:
         processor.release.clear()

@@ -6,6 +6,7 @@ import json
 import math
 import sqlite3
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from modeltel_collector.processors.performance import (
     PerformanceProcessor,
     factory,
 )
+from modeltel_collector.state import StateDb
 
 SECOND = 1_000_000_000
 T0 = 1_700_000_000 * SECOND - (1_700_000_000 * SECOND) % (60 * SECOND)
@@ -79,8 +81,9 @@ class Harness:
     def __init__(self, data_dir: Path, models: dict[str, ModelSettings] | None = None, **config: Any):
         self.reader = InMemoryMetricReader()
         self.provider = MeterProvider(metric_readers=[self.reader])
+        self.state = StateDb(data_dir)
         self.context = ProcessorContext(
-            meter=self.provider.get_meter("test"), data_dir=data_dir, models=models or {}
+            meter=self.provider.get_meter("test"), data_dir=data_dir, models=models or {}, state=self.state
         )
         self.config = PerformanceConfig(**({"window": 60} | config))
         self.processor: PerformanceProcessor = factory.create(self.config, self.context)  # type: ignore[assignment]
@@ -108,7 +111,10 @@ class Harness:
         return value
 
     def close(self) -> None:
+        """A clean stop: the processor's rows committed with a checkpoint."""
         self.processor.shutdown()
+        self.state.commit(0, {})
+        self.state.close()
         self.provider.shutdown()
 
 
@@ -126,9 +132,21 @@ def gauge(metric: str) -> str:
 # The label store.
 
 
+@contextmanager
+def open_store(data_dir: Path, ttl_seconds: float, **options: Any) -> Iterator[LabelStore]:
+    """A label store on a state database, committed and closed at the end (a clean stop)."""
+    state = StateDb(data_dir)
+    try:
+        store = LabelStore(state.connection, ttl_seconds, **options)
+        yield store
+        store.flush()
+        state.commit(0, {})
+    finally:
+        state.close()
+
+
 def test_store_uses_wal_and_joins_in_any_order_once(tmp_path: Path) -> None:
-    path = tmp_path / "data" / "labels.sqlite"
-    with LabelStore(path, ttl_seconds=3600) as store:
+    with open_store(tmp_path / "data", ttl_seconds=3600) as store:
         assert store.add_labels(labels(["a", "b"], [10.0, 20.0])).model == "m"
         assert store.counts()["pending_labels"] == 2
         pairs = store.add_predictions(predictions(["a", "b", "c"], [11.0, 19.0, 30.0], [T0, T0 + 1, T0 + 2]))
@@ -146,12 +164,12 @@ def test_store_uses_wal_and_joins_in_any_order_once(tmp_path: Path) -> None:
         assert store.counts() == {"predictions": 1, "pending_labels": 0, "joined": 3}
         pairs = store.add_labels(labels(["d"], [5.0]))
         assert pairs.prediction.tolist() == [1.0]  # the first of the duplicates won
-    with sqlite3.connect(path) as db:
+    with sqlite3.connect(tmp_path / "data" / "state.sqlite") as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 def test_store_expires_by_ttl(tmp_path: Path) -> None:
-    with LabelStore(tmp_path / "labels.sqlite", ttl_seconds=10) as store:
+    with open_store(tmp_path, ttl_seconds=10) as store:
         store.add_predictions(predictions(["old", "new"], [1.0, 2.0], [T0, T0 + 20 * SECOND]))
         store.add_labels(labels(["orphan"], [1.0], time=T0))
         assert store.expire(T0 + 25 * SECOND) == 2
@@ -161,9 +179,9 @@ def test_store_expires_by_ttl(tmp_path: Path) -> None:
 
 
 def test_stored_predictions_join_once_across_flushes_and_restarts(tmp_path: Path) -> None:
-    path = tmp_path / "labels.sqlite"
+    path = tmp_path
     ids = [f"id-{i}" for i in range(3000)]
-    with LabelStore(path, ttl_seconds=3600, flush_rows=1000) as store:
+    with open_store(path, ttl_seconds=3600, flush_rows=1000) as store:
         for chunk in range(3):  # three flushes: three chunks in the key index
             part = ids[chunk * 1000 : (chunk + 1) * 1000]
             store.add_predictions(
@@ -179,7 +197,7 @@ def test_stored_predictions_join_once_across_flushes_and_restarts(tmp_path: Path
         ]
         assert pairs.prediction_time_unix_nano.tolist() == sorted(pairs.prediction_time_unix_nano.tolist())
         assert len(store.add_labels(labels([ids[1500]], [9.0]))) == 0  # joined, not yet flushed
-    with LabelStore(path, ttl_seconds=3600) as store:
+    with open_store(path, ttl_seconds=3600) as store:
         assert len(store.add_labels(labels([ids[5], ids[2999]], [9.0, 9.0]))) == 0  # joined before
         assert store.add_labels(labels([ids[6]], [7.0])).prediction.tolist() == [6.0]
         assert store.counts() == {"predictions": 2996, "pending_labels": 0, "joined": 4}
@@ -190,7 +208,7 @@ def test_a_hash_collision_misses_a_join_but_never_joins_the_wrong_pair(
 ) -> None:
     # Every id hashes to the same key: the worst case the 64-bit key can meet.
     monkeypatch.setattr(LabelStore, "keys", lambda self, model, ids: np.zeros(len(ids), dtype=np.int64))
-    with LabelStore(tmp_path / "labels.sqlite", ttl_seconds=3600) as store:
+    with open_store(tmp_path, ttl_seconds=3600) as store:
         store.add_predictions(predictions(["a", "b"], [1.0, 2.0]))
         assert store.add_labels(labels(["a"], [10.0], model="other")).prediction.tolist() == []
         assert store.add_labels(labels(["b"], [20.0])).prediction.tolist() == []  # b lost its key to a
@@ -199,26 +217,12 @@ def test_a_hash_collision_misses_a_join_but_never_joins_the_wrong_pair(
         assert store.add_labels(labels(["b"], [20.0])).prediction.tolist() == []
 
 
-def test_store_of_an_older_format_starts_empty(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    path = tmp_path / "labels.sqlite"
-    with sqlite3.connect(path) as db:
-        db.execute("CREATE TABLE predictions (model TEXT, prediction_id TEXT)")
-        db.execute("INSERT INTO predictions VALUES ('m', 'a')")
-    with LabelStore(path, ttl_seconds=3600) as store:
-        assert store.counts() == {"predictions": 0, "pending_labels": 0, "joined": 0}
-        store.add_predictions(predictions(["a"], [1.0]))
-    assert "older label store format" in caplog.text
-    with sqlite3.connect(path) as db:
-        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert "predictions" not in tables
-
-
 def test_reopened_store_joins_a_label_to_a_prediction_stored_before(tmp_path: Path) -> None:
-    path = tmp_path / "labels.sqlite"
-    with LabelStore(path, ttl_seconds=3600) as store:
+    path = tmp_path
+    with open_store(path, ttl_seconds=3600) as store:
         store.add_predictions(predictions(["a"], [3.0]))
         store.add_labels(labels(["early"], [4.0]))
-    with LabelStore(path, ttl_seconds=3600) as store:
+    with open_store(path, ttl_seconds=3600) as store:
         assert store.add_labels(labels(["a"], [2.0])).prediction.tolist() == [3.0]
         assert store.add_predictions(predictions(["early"], [5.0])).label.tolist() == [4.0]
 

@@ -2,12 +2,18 @@
 
 Files are partitioned Hive-style by model and day, under the data directory::
 
-    audit/predictions/model=salary/date=2026-11-27/part-<first event ns>-<seq>.parquet
+    audit/predictions/model=salary/date=2026-11-27/part-<generation>-<writer>-<n>.parquet
     audit/labels/model=salary/date=2026-11-27/part-...parquet
 
 Rows are buffered per (model, day) and written as a new file when ``flush_rows`` are
-waiting, every ``flush_interval``, and at every checkpoint, so a restart loses no
-written row and files stay a bounded size (rotation). Features are columns named
+waiting, every ``flush_interval`` and at shutdown, so files stay a bounded size
+(rotation). Every row is accounted for exactly once across crashes: at each checkpoint
+the rows buffered since the previous one are saved in the state database
+(``audit_pending``, Arrow IPC), in the transaction of the checkpoint, and a file's
+rows leave that table when the file is written. A file written after the last
+checkpoint (its *generation*, in its name, is higher) is deleted on restore, since the
+rows it holds are restored from ``audit_pending`` or replayed from the write-ahead log.
+Features are columns named
 ``feature.<name>`` (float64 or string); since the feature set of a model can change,
 read the files with the schema merged by name, e.g. DuckDB's
 ``read_parquet('audit/predictions/**/*.parquet', hive_partitioning=true, union_by_name=true)``
@@ -18,6 +24,10 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import logging
+import re
+import secrets
+import sqlite3
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -30,8 +40,16 @@ from modeltel_collector.batch import LabelBatch, PredictionBatch
 from modeltel_collector.config import AuditProcessor as AuditConfig
 from modeltel_collector.processors.base import ProcessorContext, ProcessorFactory
 
+_logger = logging.getLogger(__name__)
 _NS = 1_000_000_000
 _DAY_NS = 86_400 * _NS
+_PART = re.compile(r"part-(\d+)-[0-9a-f]+-\d+\.parquet")
+_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS audit_pending"
+    " (kind TEXT NOT NULL, model TEXT NOT NULL, day TEXT NOT NULL, data BLOB NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS audit_pending_key ON audit_pending (kind, model, day)",
+)
 
 
 def _day(time_unix_nano: int) -> str:
@@ -67,14 +85,32 @@ def _label_table(batch: LabelBatch) -> pa.Table:
     return pa.table(columns)
 
 
-class AuditLog:
-    """Buffers tables per (kind, model, day) and writes them as Parquet parts."""
+def _to_ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema, options=_IPC_OPTIONS) as writer:
+        writer.write_table(table)
+    return bytes(sink.getvalue().to_pybytes())
 
-    def __init__(self, root: Path, flush_rows: int) -> None:
+
+Key = tuple[str, str, str]
+"""(kind, model, day)."""
+
+
+class AuditLog:
+    """Buffers tables per (kind, model, day), writes them as Parquet parts, saves the rest at checkpoints."""
+
+    def __init__(self, root: Path, flush_rows: int, db: sqlite3.Connection) -> None:
         self.root = root
         self._flush_rows = flush_rows
-        self._buffers: defaultdict[tuple[str, str, str], list[pa.Table]] = defaultdict(list)
-        self._rows: defaultdict[tuple[str, str, str], int] = defaultdict(int)
+        self._db = db
+        for statement in _SCHEMA:
+            db.execute(statement)
+        self._buffers: defaultdict[Key, list[pa.Table]] = defaultdict(list)
+        self._rows: defaultdict[Key, int] = defaultdict(int)
+        self._unsaved: defaultdict[Key, list[pa.Table]] = defaultdict(list)
+        """Buffered since the last checkpoint (not in ``audit_pending`` yet)."""
+        self._generation = 1
+        self._writer = secrets.token_hex(4)
         self._sequence = itertools.count()
 
     def append(self, kind: str, model: str, table: pa.Table, times: np.ndarray) -> None:
@@ -84,21 +120,23 @@ class AuditLog:
             part = table if unique_days.size == 1 else table.filter(pa.array(days == day))
             key = (kind, model, _day(int(day) * _DAY_NS))
             self._buffers[key].append(part)
+            self._unsaved[key].append(part)
             self._rows[key] += part.num_rows
             if self._rows[key] >= self._flush_rows:
                 self._write(key)
 
-    def _write(self, key: tuple[str, str, str]) -> None:
+    def _write(self, key: Key) -> None:
         tables = self._buffers.pop(key, [])
         self._rows.pop(key, None)
+        self._unsaved.pop(key, None)
+        self._db.execute("DELETE FROM audit_pending WHERE kind = ? AND model = ? AND day = ?", key)
         if not tables:
             return
         kind, model, day = key
         table = pa.concat_tables(tables, promote_options="permissive")
         directory = self.root / kind / f"model={model}" / f"date={day}"
         directory.mkdir(parents=True, exist_ok=True)
-        first = table.column("time")[0].value
-        name = f"part-{first}-{next(self._sequence):06d}.parquet"
+        name = f"part-{self._generation:010d}-{self._writer}-{next(self._sequence):06d}.parquet"
         temporary = directory / f".{name}.tmp"
         pq.write_table(table, temporary, compression="zstd")
         temporary.rename(directory / name)  # readers never see a half-written file
@@ -107,12 +145,42 @@ class AuditLog:
         for key in list(self._buffers):
             self._write(key)
 
+    def save(self) -> int:
+        """Save the rows buffered since the last call in ``audit_pending``; the generation saved."""
+        for key, tables in self._unsaved.items():
+            table = pa.concat_tables(tables, promote_options="permissive")
+            self._db.execute("INSERT INTO audit_pending VALUES (?, ?, ?, ?)", (*key, _to_ipc(table)))
+        self._unsaved.clear()
+        saved = self._generation
+        self._generation += 1
+        return saved
+
+    def load(self, generation: int) -> None:
+        """Back to checkpoint ``generation``: delete the files written after it, buffer the saved rows."""
+        for path in self.root.glob("*/model=*/date=*/part-*.parquet"):
+            match = _PART.fullmatch(path.name)
+            if match and int(match.group(1)) > generation:
+                path.unlink()
+                _logger.info(
+                    "modeltel: removed %s, written after the last checkpoint (its rows are replayed)", path
+                )
+        self._generation = generation + 1
+        self._buffers.clear()
+        self._rows.clear()
+        self._unsaved.clear()
+        for kind, model, day, data in self._db.execute(
+            "SELECT kind, model, day, data FROM audit_pending ORDER BY rowid"
+        ).fetchall():
+            table = pa.ipc.open_stream(data).read_all()
+            self._buffers[(kind, model, day)].append(table)
+            self._rows[(kind, model, day)] += table.num_rows
+
 
 class AuditProcessor:
     """Writes the audit log; see the module docstring."""
 
     def __init__(self, config: AuditConfig, context: ProcessorContext) -> None:
-        self._log = AuditLog(context.data_dir / "audit", config.flush_rows)
+        self._log = AuditLog(context.data_dir / "audit", config.flush_rows, context.state_connection("audit"))
         self._interval_ns = int(config.flush_interval * _NS)
         self._last_flush = context.clock()
 
@@ -135,12 +203,11 @@ class AuditProcessor:
             self._last_flush = now_unix_nano
 
     def checkpoint(self) -> dict[str, Any]:
-        """Written files are the state: flush, so nothing buffered is lost on restart."""
-        self._log.flush()
-        return {}
+        """Save the buffered rows with the checkpoint (see the module docstring)."""
+        return {"generation": self._log.save()}
 
     def restore(self, state: dict[str, Any]) -> None:
-        """Nothing to restore: the files are on disk."""
+        self._log.load(int(state.get("generation", 0)))
 
     def shutdown(self) -> None:
         self._log.flush()

@@ -4,12 +4,14 @@ A processor is created by a :class:`ProcessorFactory` from its typed config and 
 :class:`ProcessorContext`. It receives whole columnar batches, registers its metrics
 as OpenTelemetry instruments on the context's meter (observable gauges read its
 state at collection time), closes its windows on ``tick`` and can checkpoint and
-restore its state, so a restart loses nothing that was acknowledged.
+restore its state, and keep rows in the state database (:mod:`~modeltel_collector.state`),
+which is committed with each checkpoint, so a crash loses nothing that was acknowledged.
 """
 
 from __future__ import annotations
 
 import builtins
+import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ from pydantic import BaseModel
 
 from modeltel_collector.batch import LabelBatch, PredictionBatch
 from modeltel_collector.config import ModelSettings
+from modeltel_collector.state import StateDb
 from modeltel_collector.store import Store
 
 ENTRY_POINT_GROUP = "modeltel.processors"
@@ -40,6 +43,14 @@ class ProcessorContext:
     store: Store | None = None
     """Versioned state (reference profiles, window history, configuration versions); ``None`` when
     not kept."""
+    state: StateDb | None = None
+    """The checkpointed state database, for processors that keep rows (:mod:`modeltel_collector.state`)."""
+
+    def state_connection(self, processor: str) -> sqlite3.Connection:
+        """The state database's connection; a clear error when the context has none."""
+        if self.state is None:
+            raise ValueError(f"the {processor} processor keeps rows in the state database: pass a StateDb")
+        return self.state.connection
 
 
 class Processor(Protocol):
@@ -55,11 +66,15 @@ class Processor(Protocol):
         """Close the windows that ended before ``now_unix_nano``."""
 
     def checkpoint(self) -> dict[str, Any]:
-        """A JSON-serialisable snapshot of the state."""
+        """A JSON-serialisable snapshot of the state, committed with what the processor wrote to
+        the state database since the last one (rows still in memory must be written now)."""
 
-    def restore(self, state: dict[str, Any]) -> None: ...
+    def restore(self, state: dict[str, Any]) -> None:
+        """Back to a checkpoint (the state database is already back to it); the pipeline then
+        replays the requests that came after it."""
 
-    def shutdown(self) -> None: ...
+    def shutdown(self) -> None:
+        """Write out what is buffered; a last :meth:`checkpoint` follows."""
 
 
 @dataclass(frozen=True)

@@ -168,7 +168,9 @@ class DriftProcessor:
         state.warmup.append({name: values[:used] for name, values in columns.items()})
         state.warmup_rows += used
         if state.warmup_rows >= self._config.warmup:
-            builder = ModelProfileBuilder(state.model, state.version)
+            builder = ModelProfileBuilder(
+                state.model, state.version, max_categories=self._config.max_categories
+            )
             for chunk in state.warmup:
                 builder.update(chunk)
             state.reference = builder.build()
@@ -182,7 +184,7 @@ class DriftProcessor:
         for name, profile in state.reference.features.items():
             window = state.windows.get(name)
             if window is None:
-                window = state.windows[name] = FeatureWindow(profile)
+                window = state.windows[name] = FeatureWindow(profile, max_unseen=self._config.max_categories)
             values = columns.get(name)
             if values is None:  # absent from every row: all missing
                 values = np.full(rows, np.nan) if profile.kind == "numeric" else np.full(rows, None)

@@ -94,7 +94,6 @@ MAX_WINDOWS = 2016
 AUC_SAMPLE_CAP = 100_000
 """(score, label) pairs kept per window for the ROC AUC (9 bytes each)."""
 PROBABILITY_EPS = 1e-15
-LABELS_FILE = "labels.sqlite"
 HISTORY_PROCESSOR = "performance"
 """The processor name of performance windows in the store's window history."""
 
@@ -325,7 +324,7 @@ class PerformanceProcessor:
     def __init__(self, config: PerformanceConfig, context: ProcessorContext) -> None:
         self.config = config
         self.context = context
-        self.store = LabelStore(context.data_dir / LABELS_FILE, config.label_ttl)
+        self.store = LabelStore(context.state_connection("performance"), config.label_ttl)
         self._lock = threading.Lock()
         self._series: dict[tuple[str, str], _Series] = {}
         self._tasks: dict[str, str] = {}
@@ -576,7 +575,6 @@ class PerformanceProcessor:
     def shutdown(self) -> None:
         self.store.flush()
         self._record_changed()
-        self.store.close()
 
 
 def _create(config: PerformanceConfig, context: ProcessorContext) -> PerformanceProcessor:

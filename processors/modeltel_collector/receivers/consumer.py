@@ -11,7 +11,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 if TYPE_CHECKING:
-    from modeltel_collector.batch import LabelBatch
+    from modeltel_collector.labels import LabelError
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,14 @@ class ExportOutcome:
 
 
 ACCEPTED = ExportOutcome()
+
+
+@dataclass(frozen=True)
+class LabelsOutcome:
+    """How a ``POST /v1/labels`` body was taken: labels accepted, and each record refused, by index."""
+
+    accepted: int
+    errors: list[LabelError]
 
 
 class Overloaded(Exception):
@@ -74,13 +82,15 @@ class Consumer(Protocol):
 
 @runtime_checkable
 class LabelConsumer(Protocol):
-    """Optional for a :class:`Consumer`: takes labels already validated and batched (``POST /v1/labels``).
+    """Optional for a :class:`Consumer`: takes ``POST /v1/labels`` bodies (JSON, decompressed).
 
     The OTLP/HTTP receiver serves ``/v1/labels`` only when its consumer has this method. It
-    takes all the batches of a request or none, raising :class:`Overloaded` when it cannot.
+    parses the body (see :mod:`modeltel_collector.labels`), raising :class:`InvalidPayload`
+    or ``PayloadTooLarge`` for a body it cannot use, and takes every valid label of it or
+    none, raising :class:`Overloaded` when it cannot.
     """
 
-    def consume_labels(self, batches: list[LabelBatch]) -> None: ...
+    def consume_labels(self, payload: bytes) -> LabelsOutcome: ...
 
 
 def export_response(response_type: Any, rejected_field: str, outcome: ExportOutcome) -> Any:

@@ -9,9 +9,10 @@ of them, gzip or deflate allowed, within the receiver's body size limit. Answers
       {"accepted": 2, "rejected": 1, "errors": [{"index": 1, "error": "missing prediction_id"}],
        "errors_not_shown": 0}
 
-  ``errors`` lists the first :data:`MAX_ERRORS_SHOWN` invalid records by their index in the
-  list, ``errors_not_shown`` counts the rest. The valid records go to the consumer as one
-  batch per model, all together.
+  ``errors`` lists the first :data:`MAX_ERRORS_SHOWN` refused records by their index in the
+  list (invalid, or of a model beyond the collector's ``limits.max_models``),
+  ``errors_not_shown`` counts the rest. The others are accepted, all together, and are
+  durable when the answer is sent.
 - 400 (``INVALID_ARGUMENT``) when the body is not JSON or not a list of records; 413 for more
   records than allowed or a body over the size limit; 415 for a Content-Type other than
   JSON; 429 with ``Retry-After`` when the collector's queue is full (retry the whole request:
@@ -23,7 +24,6 @@ The route exists only when the consumer implements
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -32,10 +32,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from modeltel_collector.batch import LabelBatch
-from modeltel_collector.labels import LABELS_PATH, MAX_LABELS_PER_REQUEST, labels_from_records
-from modeltel_collector.receivers.consumer import InvalidPayload
-from modeltel_collector.receivers.errors import PayloadTooLarge, UnsupportedMediaType, failure_for
+from modeltel_collector.labels import LABELS_PATH
+from modeltel_collector.receivers.consumer import LabelsOutcome
+from modeltel_collector.receivers.errors import UnsupportedMediaType, failure_for
 from modeltel_collector.receivers.otlp_http import _WBITS, JSON, _media_type, _read_body, inflate
 from modeltel_collector.receivers.otlp_json import to_json
 
@@ -43,41 +42,18 @@ MAX_ERRORS_SHOWN = 100
 """Per-record errors listed in a response; ``errors_not_shown`` counts the others."""
 
 
-def parse_labels(payload: bytes) -> list[Any]:
-    """The records of a ``/v1/labels`` body; :class:`InvalidPayload` or :class:`PayloadTooLarge`."""
-    try:
-        document = json.loads(payload)
-    except (ValueError, RecursionError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise InvalidPayload(f"the body is not valid JSON: {error}") from None
-    if isinstance(document, dict) and "labels" in document:
-        document = document["labels"]
-    if not isinstance(document, list):
-        raise InvalidPayload(
-            'the body must be a JSON list of labels, or an object {"labels": [...]}, '
-            f"not {type(document).__name__ if not isinstance(document, dict) else 'an object without labels'}"
-        )
-    if len(document) > MAX_LABELS_PER_REQUEST:
-        raise PayloadTooLarge(
-            f"{len(document)} labels in one request; the limit is {MAX_LABELS_PER_REQUEST}: "
-            "send them in smaller requests"
-        )
-    return document
-
-
-def _answer(payload: bytes, consume: Callable[[list[LabelBatch]], None]) -> dict[str, Any]:
-    batches, errors = labels_from_records(parse_labels(payload))
-    if batches:
-        consume(batches)
+def _answer(outcome: LabelsOutcome) -> dict[str, Any]:
+    errors = outcome.errors
     return {
-        "accepted": sum(len(batch) for batch in batches),
+        "accepted": outcome.accepted,
         "rejected": len(errors),
         "errors": [error.to_dict() for error in errors[:MAX_ERRORS_SHOWN]],
         "errors_not_shown": max(0, len(errors) - MAX_ERRORS_SHOWN),
     }
 
 
-def labels_route(consume: Callable[[list[LabelBatch]], None], limit: int) -> Route:
-    """The ``POST /v1/labels`` route handing valid labels to ``consume``."""
+def labels_route(consume: Callable[[bytes], LabelsOutcome], limit: int) -> Route:
+    """The ``POST /v1/labels`` route handing each (decompressed) body to ``consume``."""
 
     async def post_labels(request: Request) -> Response:
         try:
@@ -91,7 +67,7 @@ def labels_route(consume: Callable[[list[LabelBatch]], None], limit: int) -> Rou
 
             def work() -> dict[str, Any]:
                 payload = body if encoding == "identity" else inflate(body, encoding, limit)
-                return _answer(payload, consume)
+                return _answer(consume(payload))
 
             answer = await run_in_threadpool(work)
         except Exception as error:

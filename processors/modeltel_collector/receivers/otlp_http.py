@@ -43,8 +43,12 @@ def _media_type(request: Request) -> str:
 async def _read_body(request: Request, limit: int) -> bytes:
     """The body as sent, refusing one over ``limit`` before reading it when its length is known."""
     length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit:
-        raise PayloadTooLarge(f"the body ({length} bytes) exceeds the limit of {limit} bytes")
+    # ASCII digits only: str.isdigit() is also true of "²", which int() refuses (a 500); and
+    # no int() of thousands of digits, which Python refuses too: such a length is too large.
+    digits = length.lstrip("0") if length.isascii() and length.isdigit() else ""
+    if len(digits) > len(str(limit)) or (digits and int(digits) > limit):
+        shown = digits if len(digits) <= 20 else f"{digits[:20]}... ({len(digits)} digits)"
+        raise PayloadTooLarge(f"the body ({shown} bytes) exceeds the limit of {limit} bytes")
     body = bytearray()
     try:
         async for chunk in request.stream():
