@@ -12,7 +12,7 @@ names the key, the value and what would be accepted.
 Traceback (most recent call last):
 ...
 modeltel_collector.config.ConfigError: invalid collector configuration:
-  processors.drift.windw: unknown key; known keys: window, warmup, min_samples, alpha, features
+  processors.drift.windw: unknown key; known keys: window, warmup, min_samples, alpha, max_categories, features
 """
 
 from __future__ import annotations
