@@ -38,7 +38,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,7 +47,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from _apps import ROOT, base_env, free_port, request_bytes, serves
+
 if str(ROOT) not in sys.path:  # run as a script: make ``examples`` importable
     sys.path.insert(0, str(ROOT))
 
@@ -223,7 +223,7 @@ class Collector:
             stdout=subprocess.PIPE,
             text=True,
             cwd=ROOT,
-            env=_base_env(),
+            env=base_env(),
         )
         self.port = json.loads(self._readline())["port"]
         self.endpoint = f"http://127.0.0.1:{self.port}"
@@ -278,14 +278,6 @@ class Collector:
 # --------------------------------------------------------------------------------------
 
 
-def _request_bytes(port: int, body: bytes) -> bytes:
-    head = (
-        f"POST /predict HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n"
-        f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
-    )
-    return head.encode() + body
-
-
 def _cpu_seconds(process: Any) -> float:
     times = process.cpu_times()
     return float(times.user + times.system)
@@ -302,7 +294,7 @@ async def _load(args: argparse.Namespace) -> dict[str, Any]:
     from examples.salary.model import generate
 
     rows, _ = generate(2000, np.random.default_rng(args.seed))
-    payloads = [_request_bytes(args.port, json.dumps(row).encode()) for row in rows]
+    payloads = [request_bytes(args.port, json.dumps(row).encode()) for row in rows]
     connections = [await asyncio.open_connection("127.0.0.1", args.port) for _ in range(args.concurrency)]
 
     async def exchange(reader: Any, writer: Any, payload: bytes) -> tuple[int, bool]:
@@ -384,33 +376,12 @@ def run_loadgen(argv: list[str]) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def _base_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "BENCH_"))}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _serves(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-            sock.sendall(b"GET /health HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n")
-            return sock.recv(64).startswith(b"HTTP/1.1 200")
-    except OSError:
-        return False
-
-
 class Server:
     """uvicorn serving the app in one mode, in a child process (single worker)."""
 
     def __init__(self, mode: str, endpoint: str, extra_env: dict[str, str] | None = None) -> None:
-        self.port = _free_port()
-        env = _base_env()
+        self.port = free_port()
+        env = base_env()
         env.update(
             BENCH_MODE=mode,
             OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
@@ -441,7 +412,7 @@ class Server:
             cwd=ROOT,
         )
         deadline = time.monotonic() + 60
-        while not _serves(self.port):
+        while not serves(self.port):
             if self.process.poll() is not None:
                 raise RuntimeError(f"the {mode} server exited with code {self.process.returncode}")
             if time.monotonic() > deadline:
@@ -492,7 +463,7 @@ def run_once(mode: str, collector: Collector, args: argparse.Namespace) -> dict[
             capture_output=True,
             text=True,
             cwd=ROOT,
-            env=_base_env(),
+            env=base_env(),
             timeout=1800,
         )
     finally:

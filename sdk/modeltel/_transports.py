@@ -21,6 +21,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.sdk._logs.export import LogRecordExportResult
 
 from modeltel.events import EncodedBatch
+from modeltel.providers import GRPC_CHANNEL_OPTIONS
 
 _EXPORT_METHOD = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
 
@@ -41,7 +42,15 @@ class _RawLogsStub:
 
 
 class GrpcEventTransport(_GrpcLogExporter):
-    """OTLP/gRPC: the SDK's gRPC log exporter with a pass-through serializer."""
+    """OTLP/gRPC: the SDK's gRPC log exporter with a pass-through serializer.
+
+    Keyword arguments are the exporter's; ``channel_options`` defaults to
+    :data:`~modeltel.providers.GRPC_CHANNEL_OPTIONS` (reconnect within seconds of an outage).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("channel_options", GRPC_CHANNEL_OPTIONS)
+        super().__init__(**kwargs)
 
     def _initialize_channel_and_stub(self) -> None:
         super()._initialize_channel_and_stub()

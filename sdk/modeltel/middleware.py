@@ -24,6 +24,10 @@ from modeltel import semconv
 if TYPE_CHECKING:
     from modeltel.instrumentation import AppCapture
 
+SHUTDOWN_FLUSH_MILLIS = 10_000
+"""The longest the lifespan shutdown waits for buffered telemetry to leave (a reachable collector
+takes well under a second; Kubernetes kills a pod 30 s after SIGTERM by default)."""
+
 _PREDICTION_ID_HEADER = semconv.PREDICTION_ID_HEADER.lower().encode()
 _MODEL_VERSION_HEADER = semconv.MODEL_VERSION_HEADER.lower().encode()
 
@@ -150,12 +154,13 @@ class PredictionCaptureMiddleware:
         """Export what is buffered when the server shuts down.
 
         uvicorn re-raises SIGTERM after a graceful shutdown, so ``atexit`` handlers never
-        run; the lifespan shutdown is the last moment telemetry can leave.
+        run; the lifespan shutdown is the last moment telemetry can leave. With the collector
+        unreachable, shutdown waits at most ``SHUTDOWN_FLUSH_MILLIS`` for it.
         """
 
         async def send_after_flush(message: Message) -> None:
             if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
-                await anyio.to_thread.run_sync(self.capture.flush)
+                await anyio.to_thread.run_sync(self.capture.flush, SHUTDOWN_FLUSH_MILLIS)
             await send(message)
 
         return send_after_flush

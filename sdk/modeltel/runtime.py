@@ -7,6 +7,7 @@ so a labelling job that never serves HTTP gets the same pipeline as the app.
 from __future__ import annotations
 
 import threading
+import time
 from importlib.metadata import PackageNotFoundError, version
 
 from modeltel import semconv
@@ -53,10 +54,29 @@ class Runtime:
         return OTLPEventSink(BatchEventProcessor(transport, framer, self.counters))
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        """Export everything buffered: events, spans, metrics and logs."""
-        flushed = self.sink.force_flush(timeout_millis)
+        """Export everything buffered (events, spans, metrics, logs) within ``timeout_millis`` in all.
+
+        The SDK's batch processors ignore the timeout given to ``force_flush``: they export every
+        queued batch, each retried up to its own export timeout, and with the collector down the
+        exporters' warnings refill the log queue as it drains, so a flush (on shutdown: the ASGI
+        lifespan) never ended. The flushes run in a daemon thread, left behind at the deadline.
+        """
+        deadline = time.monotonic() + timeout_millis / 1000
+        outcome: list[bool] = []
+        worker = threading.Thread(
+            target=lambda: outcome.append(self._flush_all(deadline)), name="modeltel-flush", daemon=True
+        )
+        worker.start()
+        worker.join(max(0.0, deadline - time.monotonic()))
+        return bool(outcome and outcome[0])
+
+    def _flush_all(self, deadline: float) -> bool:
+        def remaining() -> int:
+            return max(1, int((deadline - time.monotonic()) * 1000))
+
+        flushed = self.sink.force_flush(remaining())
         if self._statistics_export is not None:
-            flushed = self._statistics_export.force_flush(timeout_millis) and flushed
+            flushed = self._statistics_export.force_flush(remaining()) and flushed
         for provider in (
             self.providers.tracer_provider,
             self.providers.meter_provider,
@@ -64,7 +84,7 @@ class Runtime:
         ):
             flush = getattr(provider, "force_flush", None)
             if flush is not None:
-                flushed = bool(flush(timeout_millis)) and flushed
+                flushed = bool(flush(remaining())) and flushed
         return flushed
 
 
