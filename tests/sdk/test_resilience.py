@@ -111,6 +111,13 @@ def _accounted_for(sink: GrpcSink, predictions: int) -> Callable[[], tuple[int, 
     return check
 
 
+@pytest.fixture(autouse=True)
+def otlp_exporters(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default exporters (OTLP), whatever another test module set in this process."""
+    for name in ("OTEL_TRACES_EXPORTER", "OTEL_METRICS_EXPORTER", "OTEL_LOGS_EXPORTER"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture
 def port() -> Iterator[int]:
     yield free_port()
