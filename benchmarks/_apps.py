@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,3 +43,12 @@ def request_bytes(port: int, body: bytes) -> bytes:
         f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
+
+
+def versions(*packages: str) -> dict[str, str]:
+    """The installed version of each of ``packages`` (those installed)."""
+    out = {}
+    for name in packages:
+        with contextlib.suppress(PackageNotFoundError):
+            out[name] = version(name)
+    return out

@@ -47,7 +47,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from _apps import ROOT, base_env, free_port, request_bytes, serves
+from _apps import ROOT, base_env, free_port, request_bytes, serves, versions
 
 if str(ROOT) not in sys.path:  # run as a script: make ``examples`` importable
     sys.path.insert(0, str(ROOT))
@@ -556,25 +556,6 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {"modes": summary, "ratios": ratios}
 
 
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in (
-        "modeltel",
-        "opentelemetry-sdk",
-        "opentelemetry-instrumentation-fastapi",
-        "fastapi",
-        "starlette",
-        "uvicorn",
-        "pydantic",
-        "grpcio",
-    ):
-        with contextlib.suppress(PackageNotFoundError):
-            out[name] = version(name)
-    return out
-
-
 def report(summary: dict[str, Any], runs: list[dict[str, Any]], args: argparse.Namespace) -> bool:
     from rich.console import Console
     from rich.table import Table
@@ -746,7 +727,16 @@ def main(argv: list[str]) -> int:
             "python": platform.python_version(),
             "platform": platform.platform(),
             "cpu_count": os.cpu_count(),
-            "versions": _versions(),
+            "versions": versions(
+                "modeltel",
+                "opentelemetry-sdk",
+                "opentelemetry-instrumentation-fastapi",
+                "fastapi",
+                "starlette",
+                "uvicorn",
+                "pydantic",
+                "grpcio",
+            ),
         },
         "target": {"c_over_b": TARGET, "met": met},
         "valid": not any(run["problems"] for run in runs),

@@ -58,7 +58,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _apps import ROOT, base_env, free_port, request_bytes, serves
+from _apps import ROOT, base_env, free_port, request_bytes, serves, versions
 
 if str(ROOT) not in sys.path:  # run as a script: make ``examples`` and ``modeltel`` importable
     sys.path.insert(0, str(ROOT))
@@ -750,22 +750,6 @@ def summarise(runs: list[dict[str, Any]], faults: list[str]) -> dict[str, Any]:
     return {"conditions": summary, "target_met": met}
 
 
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in (
-        "modeltel",
-        "opentelemetry-sdk",
-        "opentelemetry-exporter-otlp-proto-grpc",
-        "grpcio",
-        "uvicorn",
-    ):
-        with contextlib.suppress(PackageNotFoundError):
-            out[name] = version(name)
-    return out
-
-
 def report(summary: dict[str, Any], runs: list[dict[str, Any]], args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -891,7 +875,9 @@ def main(argv: list[str]) -> int:
             "python": platform.python_version(),
             "platform": platform.platform(),
             "cpu_count": os.cpu_count(),
-            "versions": _versions(),
+            "versions": versions(
+                "modeltel", "opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-grpc", "grpcio", "uvicorn"
+            ),
         },
         "target": {"p99_over_healthy_max": TARGET, "met": summary["target_met"]},
         "valid": not any(run["problems"] for run in runs),

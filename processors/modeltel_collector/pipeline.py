@@ -248,7 +248,7 @@ class Pipeline:
         self._totals: dict[tuple[str, str], int] = {}
         """``ml.predictions`` per (model, version), applied once each."""
         self._lock = threading.Lock()  # held while processors run: checkpoints see a consistent state
-        self._enqueue_lock = threading.Lock()
+        self._counts_lock = threading.Lock()  # the batches queued, the ml.predictions totals
         self._admission_lock = threading.Lock()  # admit, log and queue a request: one at a time
         meter.create_observable_counter(
             semconv.PREDICTIONS_METRIC,
@@ -292,13 +292,13 @@ class Pipeline:
                 f"the request holds {batches} batches (one per model and version), more than the "
                 f"collector's queue of {self._max_queued} can ever take: send fewer models per request"
             )
-        with self._enqueue_lock:
+        with self._counts_lock:
             if self._queued + batches > self._max_queued:
                 raise Overloaded(retry_after_seconds=1.0)
             self._queued += batches
 
     def _release(self, batches: int) -> None:
-        with self._enqueue_lock:
+        with self._counts_lock:
             self._queued -= batches
 
     def _log_and_queue(
@@ -407,7 +407,7 @@ class Pipeline:
         yield Observation(self._queued)
 
     def _observe_totals(self, options: CallbackOptions) -> Iterable[Observation]:
-        with self._enqueue_lock:
+        with self._counts_lock:
             totals = list(self._totals.items())
         for (model, version), count in totals:
             yield Observation(count, {semconv.MODEL_NAME: model, semconv.MODEL_VERSION: version})
@@ -447,7 +447,7 @@ class Pipeline:
             for item in request.work:
                 if isinstance(item, PredictionBatch):
                     key = (item.model, item.version)
-                    with self._enqueue_lock:
+                    with self._counts_lock:
                         self._totals[key] = self._totals.get(key, 0) + len(item)
                 self._dispatch(item)
         if request.seq:
@@ -479,7 +479,7 @@ class Pipeline:
             snapshot: dict[str, Any] = {name: p.checkpoint() for name, p in self.processors.items()}
             with self._admission_lock:
                 snapshot[LIMITS_CHECKPOINT_KEY] = self.admission.checkpoint()
-            with self._enqueue_lock:
+            with self._counts_lock:
                 snapshot[TOTALS_CHECKPOINT_KEY] = [[*key, count] for key, count in self._totals.items()]
             self._state.forget_before(self._clock() - self._dedupe_nanos)
             self._state.commit(self._applied_seq, snapshot)

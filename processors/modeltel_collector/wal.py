@@ -105,7 +105,7 @@ class WriteAheadLog:
         """Set by :meth:`truncate` for the writer thread."""
         self._closing = False
         self._condition = threading.Condition()
-        self._file = self._open_segment(self._next_seq) if not self._segments else self._reopen_last()
+        self._file = self._open_segment(self._segments[-1] if self._segments else self._next_seq)
         self._writer = threading.Thread(target=self._write_loop, name="modeltel-wal", daemon=True)
         self._writer.start()
 
@@ -256,9 +256,6 @@ class WriteAheadLog:
         file = self._path(first).open("ab", buffering=0)
         _sync_directory(self.directory)
         return file
-
-    def _reopen_last(self) -> BinaryIO:
-        return self._path(self._segments[-1]).open("ab", buffering=0)
 
 
 def _sync_directory(directory: Path) -> None:

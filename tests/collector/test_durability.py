@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import httpx
 import yaml
 from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
 from opentelemetry.sdk._logs import LoggerProvider
@@ -201,8 +202,6 @@ class Collector:
         assert self.daemon.stop(60) == 0, self.daemon.tail()
 
     def scrape(self) -> str:
-        import httpx
-
         try:
             return httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
         except httpx.TransportError:
